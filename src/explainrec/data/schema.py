@@ -1,0 +1,168 @@
+"""The one in-memory dataset every method reads.
+
+A dataset has two tables that share one pair of id maps:
+
+* ``interactions`` -- the user-item graph (optionally rated and timestamped). Stage 1 of GaVaMoE,
+  LightGCN and the sparsity buckets read it.
+* ``examples`` -- the user-item pairs that carry an explanation text (plus profiles, title, feature
+  words). The LLM stages read them.
+
+For PETER-style reviews and the synthetic data both tables describe the same rows; for XRec data
+the graph is much larger than the set of explained pairs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, line and field."""
+
+
+def where(path: str | Path, line: int | None = None, field_name: str | None = None) -> str:
+    """Render ``file:line field 'x'`` for error messages."""
+    out = str(path)
+    if line is not None:
+        out += f":{line}"
+    if field_name is not None:
+        out += f" field '{field_name}'"
+    return out
+
+
+@dataclass
+class IdMap:
+    """Raw ids (strings) <-> contiguous indices 0..n-1, in order of first appearance.
+
+    Saved with every model, so that a checkpoint maps the same raw ids to the same rows.
+    """
+
+    raw: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.raw = [str(r) for r in self.raw]
+        self._index = {r: i for i, r in enumerate(self.raw)}
+        if len(self._index) != len(self.raw):
+            raise DataError("IdMap: duplicate raw ids")
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, raw_id: object) -> bool:
+        return str(raw_id) in self._index
+
+    def add(self, raw_id: object) -> int:
+        """Index of ``raw_id``, appending it when new."""
+        key = str(raw_id)
+        idx = self._index.get(key)
+        if idx is None:
+            idx = len(self.raw)
+            self.raw.append(key)
+            self._index[key] = idx
+        return idx
+
+    def encode(self, raw_id: object, default: int | None = None) -> int:
+        """Index of a known raw id; ``default`` (or a KeyError naming the id) when unseen."""
+        idx = self._index.get(str(raw_id))
+        if idx is None:
+            if default is None:
+                raise KeyError(f"unknown id {raw_id!r}")
+            return default
+        return idx
+
+    def decode(self, index: int) -> str:
+        return self.raw[int(index)]
+
+    def to_list(self) -> list[str]:
+        return list(self.raw)
+
+
+@dataclass
+class Example:
+    """One user-item pair with its explanation and whatever context the source provides.
+
+    ``user``/``item`` are contiguous indices into the dataset's id maps.
+    """
+
+    user: int
+    item: int
+    split: str = "train"
+    explanation: str = ""
+    rating: float | None = None
+    features: tuple[str, ...] = ()
+    title: str | None = None
+    user_profile: str | None = None
+    item_profile: str | None = None
+    timestamp: float | None = None
+
+
+@dataclass
+class Interactions:
+    """Column arrays of the interaction graph. ``rating`` is None for implicit feedback."""
+
+    user: np.ndarray  # (N,) int64
+    item: np.ndarray  # (N,) int64
+    split: np.ndarray  # (N,) str: train / valid / test
+    rating: np.ndarray | None = None  # (N,) float32
+    timestamp: np.ndarray | None = None  # (N,) float64
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    def subset(self, mask: np.ndarray) -> "Interactions":
+        pick = lambda a: None if a is None else a[mask]  # noqa: E731
+        return Interactions(self.user[mask], self.item[mask], self.split[mask], pick(self.rating), pick(self.timestamp))
+
+    def of_split(self, split: str) -> "Interactions":
+        return self.subset(self.split == split)
+
+
+@dataclass
+class Dataset:
+    """A named dataset: interaction graph + explained pairs + id maps (+ optional ground truth)."""
+
+    name: str
+    interactions: Interactions
+    examples: list[Example]
+    users: IdMap
+    items: IdMap
+    # Synthetic data only: the latent type of every user (index = contiguous user id).
+    user_types: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def implicit(self) -> bool:
+        """True when the graph has no ratings (GaVaMoE then uses a Bernoulli likelihood)."""
+        return self.interactions.rating is None
+
+    def split_examples(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return [e for e in self.examples if e.split == split]
+
+    def save_id_maps(self, path: str | Path) -> None:
+        """Write the id maps as JSON (atomic), so that a model can map raw ids later."""
+        from explainrec.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"users": self.users.raw, "items": self.items.raw}))
+
+
+def load_id_maps(path: str | Path) -> tuple[IdMap, IdMap]:
+    data = json.loads(Path(path).read_text())
+    return IdMap(data["users"]), IdMap(data["items"])
+
+
+EXAMPLE_FIELDS = tuple(f.name for f in fields(Example))

@@ -1,0 +1,1 @@
+"""LLM and sentence-encoder loading, surgery, soft tokens and generation."""

@@ -1,0 +1,173 @@
+"""Model surgery: swap the feed-forward block (``layers[i].mlp``) of a LLaMA-family HF model, and say what changed.
+
+HF decoder layers call ``self.mlp(hidden_states)``; replacing that one attribute is the only seam we touch, so the
+attention, caches and ``generate`` of the wrapped model keep working across transformers versions.
+
+    report = moe_upcycle(model, n_clusters=3, n_experts=8, top_k=2, granularity=4)
+    print(report)   # layers changed, parameter counts before/after
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SurgeryReport:
+    """Which decoder layers got a new MLP and how the parameter counts moved."""
+
+    layers_changed: list[int]
+    old_mlp: str
+    new_mlp: str
+    params_before: int
+    params_after: int
+    mlp_params_before: int
+    mlp_params_after: int
+    details: dict[str, object] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        layers = self.layers_changed
+        span = f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
+        extra = "".join(f", {k}={v}" for k, v in self.details.items())
+        return (
+            f"replaced {self.old_mlp} -> {self.new_mlp} in {len(layers)} layers ({span}){extra}; "
+            f"params {self.params_before:,} -> {self.params_after:,} "
+            f"(MLPs {self.mlp_params_before:,} -> {self.mlp_params_after:,})"
+        )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer list of a LLaMA-family model: ``model.model.layers`` (ForCausalLM), ``model.layers`` (base
+    model), or through ``get_decoder()`` for wrapped models (e.g. PEFT)."""
+    for candidate in (getattr(getattr(model, "model", None), "layers", None), getattr(model, "layers", None)):
+        if isinstance(candidate, nn.ModuleList):
+            return candidate
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    if decoder is not None and decoder is not model and isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        return decoder.layers
+    raise TypeError(f"cannot find decoder layers in {type(model).__name__}: expected model.model.layers or model.layers")
+
+
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def replace_mlps(
+    model: nn.Module,
+    factory: Callable[[int, nn.Module], nn.Module],
+    layers: Sequence[int] | None = None,
+    details: dict[str, object] | None = None,
+) -> SurgeryReport:
+    """Replace ``layers[i].mlp`` by ``factory(i, old_mlp)`` for the chosen layers (all by default), in place.
+
+    Args:
+        model: a LLaMA-family HF model (``LlamaForCausalLM``, ``LlamaModel``...).
+        factory: builds the new block from the layer index and the old MLP (to copy its weights); it must keep the
+            ``(B, T, H) -> (B, T, H)`` contract and put its parameters on the device/dtype it wants.
+        layers: indices of the decoder layers to change; negative indices count from the end.
+        details: extra key/values shown in the report (e.g. the MoE settings).
+
+    Returns:
+        A :class:`SurgeryReport`; it is also logged at INFO level.
+    """
+    blocks = decoder_layers(model)
+    chosen = sorted({i % len(blocks) for i in layers}) if layers is not None else list(range(len(blocks)))
+    if layers is not None and any(not -len(blocks) <= i < len(blocks) for i in layers):
+        raise IndexError(f"layer indices {list(layers)} out of range for {len(blocks)} decoder layers")
+    if not chosen:
+        raise ValueError("no decoder layer selected")
+    params_before = _n_params(model)
+    old_types, new_types, mlp_before, mlp_after = set(), set(), 0, 0
+    for i in chosen:
+        old = blocks[i].mlp
+        new = factory(i, old)
+        if not isinstance(new, nn.Module):
+            raise TypeError(f"factory returned {type(new).__name__} for layer {i}; expected an nn.Module")
+        old_types.add(type(old).__name__)
+        new_types.add(type(new).__name__)
+        mlp_before += _n_params(old)
+        mlp_after += _n_params(new)
+        blocks[i].mlp = new
+    report = SurgeryReport(
+        layers_changed=chosen,
+        old_mlp="/".join(sorted(old_types)),
+        new_mlp="/".join(sorted(new_types)),
+        params_before=params_before,
+        params_after=_n_params(model),
+        mlp_params_before=mlp_before,
+        mlp_params_after=mlp_after,
+        details=dict(details or {}),
+    )
+    log.info("%s", report)
+    return report
+
+
+def moe_upcycle(
+    model: nn.Module,
+    n_clusters: int,
+    n_experts: int,
+    top_k: int,
+    *,
+    expert_size: int | None = None,
+    granularity: int | None = None,
+    init: str = "upcycle",
+    output_scale: float | None = None,
+    normalize_weights: bool = True,
+    router_init_std: float = 0.02,
+    dispatch: str = "auto",
+    layers: Sequence[int] | None = None,
+) -> SurgeryReport:
+    """The GaVaMoE stage-2 surgery in one call: every chosen MLP becomes a
+    :class:`~explainrec.methods.gavamoe.moe_ffn.MultiGatedMoE` with ``n_clusters`` gates.
+
+    Give the expert size directly (``expert_size``) or as a fraction of the dense intermediate size
+    (``granularity`` r: ``expert_size = intermediate // r``); exactly one of them.
+
+    Settings:
+
+    * paper (LLaMA-3.1-8B, intermediate 14336): ``n_experts=12, top_k=2, expert_size=1280``; the slices wrap
+      (12 * 1280 = 15360 > 14336) and the upcycled output scale is 14336 / 1280 = 11.2.
+    * SmolLM2-135M (hidden 576, intermediate 1536, 30 layers), our default: ``n_experts=8, top_k=2,
+      granularity=4`` (expert_size 384). Per layer the dense MLP has 3*576*1536 = 2.65M weights; the MoE holds
+      8 experts * 3*576*384 = 5.31M (2x, every dense neuron in 2 experts) plus K*8*576 router weights, and runs
+      2 experts = 1.33M weights per token (0.5x the dense compute). Whole model: 134.5M -> 214.2M parameters
+      (+0.14M with 3 gates). In the paper's terms it is N=2 coarse FFN-size experts cut into r=4 fine ones; we
+      keep the paper's 2 active experts rather than DeepSeekMoE's r*k=4 so CPU fine-tuning costs half a dense FFN.
+    * ablations: ``n_clusters=1`` is "w/o multi-gating"; ``granularity=1, n_experts=2, top_k=1`` is "w/o
+      fine-grained experts" (2 full FFN copies, top-1: the same total parameters as the default, and at
+      upcycling init it equals the dense model exactly); no surgery is "Base".
+
+    The remaining arguments go to :meth:`MultiGatedMoE.from_dense`.
+    """
+    from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE  # llm/ must not import methods/ at load time
+
+    if (expert_size is None) == (granularity is None):
+        raise ValueError("give exactly one of expert_size or granularity")
+    dense_size = decoder_layers(model)[0].mlp.gate_proj.out_features
+    if expert_size is None:
+        if granularity < 1 or dense_size % granularity:
+            raise ValueError(f"granularity {granularity} must be >= 1 and divide the intermediate size {dense_size}")
+        expert_size = dense_size // granularity
+
+    def factory(_: int, mlp: nn.Module) -> nn.Module:
+        return MultiGatedMoE.from_dense(
+            mlp,
+            n_experts,
+            top_k,
+            n_clusters,
+            expert_size=expert_size,
+            init=init,
+            output_scale=output_scale,
+            normalize_weights=normalize_weights,
+            router_init_std=router_init_std,
+            dispatch=dispatch,
+        )
+
+    details = {"gates": n_clusters, "experts": n_experts, "top_k": top_k, "expert_size": expert_size, "init": init}
+    return replace_mlps(model, factory, layers=layers, details=details)

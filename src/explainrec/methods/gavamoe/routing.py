@@ -1,0 +1,109 @@
+"""Scoped routing context: carries each sample's GMM cluster id to the MoE layers during one forward pass.
+
+HF decoder layers call ``self.mlp(hidden_states)`` with that single argument, so the per-sample cluster ids cannot
+travel as a call argument. The reference release kept a per-layer counter indexing a list aligned to dataset row
+order, which forced batch size 1 and a sequential sampler. Here routing is data: the caller opens
+
+    with routing(batch["cluster_ids"]) as ctx:      # (B,) LongTensor
+        out = model(input_ids=..., attention_mask=...)
+    aux = ctx.aux_parts()                            # {"load_balance": ..., "router_z": ...}, mean over layers
+
+and every :class:`~explainrec.methods.gavamoe.moe_ffn.MultiGatedMoE` reads the ids from the innermost open context.
+The state lives in a :class:`contextvars.ContextVar` (per thread / per asyncio task), is reset on exit even when the
+forward raises, and nothing survives between batches. Call ``backward()`` inside the block when gradient
+checkpointing re-runs the forward pass during backward.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+_ACTIVE: contextvars.ContextVar[RoutingState | None] = contextvars.ContextVar("explainrec_gavamoe_routing", default=None)
+
+
+@dataclass
+class RoutingState:
+    """What one forward pass needs to route: cluster ids, an optional token mask, and the collected aux losses.
+
+    Args:
+        cluster_ids: ``(B,)`` long, the GMM cluster (= gate) of each sample, eq. 9.
+        token_mask: optional ``(B, T)`` 1/0 mask (the attention mask); when a layer's input is exactly ``(B, T)``
+            the aux losses and usage counts skip masked (padding) tokens. Other shapes (cached decoding steps,
+            expanded beams) count every token.
+        collect_aux: when True each MoE layer appends its auxiliary loss parts to ``aux``.
+    """
+
+    cluster_ids: torch.Tensor
+    token_mask: torch.Tensor | None = None
+    collect_aux: bool = False
+    aux: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    _checked_gates: set[int] = field(default_factory=set, repr=False)
+
+    def ids_for(self, batch_size: int, n_gates: int, device: torch.device) -> torch.Tensor:
+        """Cluster ids matching a layer input of ``batch_size`` rows, on ``device``.
+
+        ``generate(num_beams=n)`` / ``num_return_sequences=n`` expand every sample ``n`` times with
+        ``repeat_interleave`` (rows ``b*n .. b*n+n-1`` belong to sample ``b``), so the ids are expanded the same way.
+        The range check runs once per context and gate count (it syncs on accelerators).
+        """
+        ids = self.cluster_ids
+        n_samples = ids.shape[0]
+        if batch_size != n_samples:
+            if n_samples == 0 or batch_size % n_samples:
+                raise ValueError(
+                    f"MoE layer got a batch of {batch_size} rows but routing() holds {n_samples} cluster ids; "
+                    "the batch must be the samples themselves or each sample repeated n times (beams)"
+                )
+            ids = ids.repeat_interleave(batch_size // n_samples)
+        if n_gates not in self._checked_gates:
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= n_gates:
+                raise ValueError(f"cluster ids must lie in [0, {n_gates - 1}] (one gate per cluster); got [{lo}, {hi}]")
+            self._checked_gates.add(n_gates)
+        return ids.to(device)
+
+    def mask_for(self, batch_size: int, seq_len: int, device: torch.device) -> torch.Tensor | None:
+        """``(B*T,)`` bool keep-mask when ``token_mask`` matches the layer input exactly, else None (count all)."""
+        if self.token_mask is None or tuple(self.token_mask.shape) != (batch_size, seq_len):
+            return None
+        return self.token_mask.reshape(-1).to(device=device, dtype=torch.bool)
+
+    def aux_parts(self) -> dict[str, torch.Tensor]:
+        """Mean of each named aux loss over the MoE layers that ran (empty dict when none collected)."""
+        if not self.aux:
+            return {}
+        names = self.aux[0].keys()
+        return {name: torch.stack([parts[name] for parts in self.aux]).mean() for name in names}
+
+
+@contextlib.contextmanager
+def routing(
+    cluster_ids: torch.Tensor | list[int],
+    *,
+    token_mask: torch.Tensor | None = None,
+    collect_aux: bool = False,
+) -> Iterator[RoutingState]:
+    """Make ``cluster_ids`` (one per sample) visible to every MoE layer run inside the block.
+
+    Contexts nest (the innermost wins) and the previous state is restored on exit, also after an exception.
+    """
+    ids = torch.as_tensor(cluster_ids)
+    if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"cluster_ids must be a 1-D integer tensor of shape (B,); got {tuple(ids.shape)} {ids.dtype}")
+    if token_mask is not None and (token_mask.dim() != 2 or token_mask.shape[0] != ids.shape[0]):
+        raise ValueError(f"token_mask must be (B, T) with B={ids.shape[0]}; got {tuple(token_mask.shape)}")
+    state = RoutingState(cluster_ids=ids.long(), token_mask=token_mask, collect_aux=collect_aux)
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_routing() -> RoutingState | None:
+    """The innermost open routing state, or None outside any ``routing()`` block."""
+    return _ACTIVE.get()

@@ -1,0 +1,84 @@
+"""Zero-shot recipe end to end on the tiny model: prompts -> batched generation -> a valid predictions file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from explainrec.data.schema import Dataset, Example, IdMap, Interactions
+from explainrec.methods.zero_shot import explain, run
+
+
+def _dataset() -> Dataset:
+    """6 users with 1..6 train interactions; one explained test pair per user."""
+    users = IdMap([f"u{i}" for i in range(6)])
+    items = IdMap([f"i{j}" for j in range(8)])
+    edges = [(u, j) for u in range(6) for j in range(u + 1)]
+    graph = Interactions(
+        user=np.array([u for u, _ in edges], dtype=np.int64),
+        item=np.array([j for _, j in edges], dtype=np.int64),
+        split=np.array(["train"] * len(edges)),
+    )
+    examples = [
+        Example(user=u, item=7, split="test", title=f"Cafe {u}", item_profile="Fans of coffee would enjoy it.",
+                explanation=f"The user would enjoy the cafe {u} because of its coffee.", features=("coffee",))
+        for u in range(6)
+    ]
+    examples.append(Example(user=0, item=6, split="train", explanation="train only", title="Bar"))
+    return Dataset("hand", graph, examples, users, items)
+
+
+def test_explain_rows(tiny_llm):
+    model, tok = tiny_llm
+    ds = _dataset()
+    test = ds.split_examples("test")
+    rows, stats = explain(test, ds, model=model, tokenizer=tok, batch_size=4, max_new_tokens=6, progress=False)
+    assert [r["user"] for r in rows] == [f"u{i}" for i in range(6)]
+    assert all(r["item"] == "i7" and r["method"] == "zero-shot" and r["features"] == ["coffee"] for r in rows)
+    assert [r["reference"] for r in rows] == [e.explanation for e in test]
+    assert all(isinstance(r["prediction"], str) and r["prediction"] for r in rows)
+    assert stats.explanations == 6 and stats.new_tokens > 0
+    assert sorted(r["bucket"] for r in rows) == ["ds1", "ds1", "ds2", "ds2", "ds3", "ds3"]
+    assert rows[5]["bucket"] == "ds1" and rows[0]["bucket"] == "ds3"  # u5 is the most active user
+
+
+def test_run_writes_valid_predictions(tiny_llm, tmp_path):
+    model, tok = tiny_llm
+    out = tmp_path / "preds.jsonl"
+    stats = run(_dataset(), split="test", out=out, limit=4, model=model, tokenizer=tok, max_new_tokens=5,
+                batch_size=3, progress=False)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4 == stats.explanations
+    rows = [json.loads(line) for line in lines]
+    assert {"user", "item", "prediction", "reference", "features", "bucket", "method"} <= set(rows[0])
+    metrics = pytest.importorskip("explainrec.metrics")
+    assert len(metrics.load_predictions(out)) == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
+
+
+def test_run_from_a_dataset_folder(tiny_llm, tmp_path):
+    """The data_source path goes through explainrec.data.load_dataset (XRec folder layout)."""
+    model, tok = tiny_llm
+    folder = tmp_path / "xrec"
+    folder.mkdir()
+    rows = [{"user": u, "item": 10 + u, "title": f"Place {u}", "user_profile": "Likes food.", "item_profile": "Food.",
+             "explanation": f"The user would enjoy place {u}.", "split": "test" if u < 3 else "train"}
+            for u in range(6)]
+    (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "interactions.csv").write_text("user,item,split\n" + "".join(f"{u},{10 + u},train\n" for u in range(6)))
+    out = tmp_path / "preds.jsonl"
+    run(str(folder), out=out, model=model, tokenizer=tok, max_new_tokens=3, progress=False)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["user"] for r in got) == ["0", "1", "2"]
+
+
+def test_bad_arguments(tiny_llm, tmp_path):
+    model, tok = tiny_llm
+    with pytest.raises(ValueError, match="both model and tokenizer"):
+        explain([], _dataset(), model=model)
+    with pytest.raises(ValueError, match="no examples"):
+        run(_dataset(), split="valid", out=tmp_path / "p.jsonl", model=model, tokenizer=tok)
+    with pytest.raises(ValueError, match="limit"):
+        run(_dataset(), out=tmp_path / "p.jsonl", limit=-1, model=model, tokenizer=tok)
+    assert not (tmp_path / "p.jsonl").exists()
