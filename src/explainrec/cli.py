@@ -206,6 +206,49 @@ def gavamoe_fit_clusters(
     typer.echo(f"wrote {out}")
 
 
+@gavamoe_app.command("train")
+@_friendly_errors
+def gavamoe_train(
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    clusters: int = typer.Option(4, "--clusters", help="GMM clusters K = gates per MoE layer."),
+    out: Path = typer.Option(..., "--out", help="Run folder; stage 1 is trained first unless OUT/stage1 exists."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Base LLM: embedded default, HF id (e.g. meta-llama/Llama-3.1-8B-Instruct), local folder, or 'tiny'."),
+    variant: str = typer.Option("full", "--variant", help="full | single-gate (w/o multi-gating) | coarse (w/o fine-grained experts) | base (dense)."),
+    experts: int = typer.Option(8, "--experts", help="Fine-grained experts per layer (paper, 8B: 12)."),
+    top_k: int = typer.Option(2, "--top-k", help="Experts active per token (paper: 2)."),
+    granularity: int = typer.Option(4, "--granularity", help="r: an expert has 1/r of the dense FFN's neurons."),
+    init: str = typer.Option("upcycle", "--init", help="upcycle (split the pretrained FFN) or random (reference release)."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Weight of the ELBO in alpha*ELBO + (1-alpha)*NLL."),
+    lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (paper: 3e-5 on 8B)."),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over the training explanations (paper: 3)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per forward pass."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step (paper: 8)."),
+    clip: float = typer.Option(0.3, "--clip", help="Gradient norm clipping (paper: 0.3)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget for stage 2; saves and stops when reached."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    trainable: str = typer.Option("experts,gates,soft,vae", "--trainable", help="Comma list of: experts, gates, soft, vae, ffn, attention, all."),
+    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank on attention q/k/v/o through peft (0 = off)."),
+    stage1_epochs: int = typer.Option(30, "--stage1-epochs", help="Most VAE-GMM epochs when stage 1 runs here."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """Train GaVaMoE (stage 1 VAE-GMM, then the multi-gated MoE LLM) and save it to OUT/model."""
+    from explainrec.data import load_dataset
+    from explainrec.methods.gavamoe.modeling import MoEConfig
+    from explainrec.methods.gavamoe.recipe import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=model, clusters=clusters, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size,
+        grad_accum=grad_accum, clip=clip, max_minutes=max_minutes, max_steps=max_steps,
+        trainable=tuple(t.strip() for t in trainable.split(",") if t.strip()), lora_r=lora_r, seed=seed,
+        moe=MoEConfig(variant=variant, n_experts=experts, top_k=top_k, granularity=granularity, init=init),
+        stage1={"epochs": stage1_epochs},
+    )
+    summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,6 +1,7 @@
 """Loading: the tiny test model, pad tokens, dtype/device defaults, the GGUF conversion cache."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,12 +168,27 @@ def test_embedded_smollm2_loads_and_explains():
     assert tok.pad_token_id != tok.eos_token_id and tok.chat_template
     ex = Example(user=0, item=0, split="test", explanation="The user would enjoy the tacos.", title="Sonoratown",
                  item_profile="Fans of Northern Mexican-style tacos would enjoy this casual spot.")
-    ds = Dataset("one", Interactions(*(torch.zeros(1, dtype=torch.long).numpy(),) * 2, split=__import__("numpy").array(["test"])),
-                 [ex], IdMap(["u"]), IdMap(["i"]))
-    rows, stats = explain([ex], ds, model=model, tokenizer=tok, max_new_tokens=24, progress=False)
+    graph = Interactions(user=np.zeros(1, dtype=np.int64), item=np.zeros(1, dtype=np.int64), split=np.array(["test"]))
+    ds = Dataset("one", graph, [ex], IdMap(["u"]), IdMap(["i"]))
+    rows, stats = explain([ex], ds, model=model, tokenizer=tok, max_new_tokens=16, progress=False)
     assert rows[0]["prediction"].strip() and stats.new_tokens > 0
     prompts = ["<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n",
                "<|im_start|>user\nWhy do people like tacos? Answer briefly.<|im_end|>\n<|im_start|>assistant\n"]
-    batched = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=8, progress=False)
-    single = [generate_texts(model, tok, [p], max_new_tokens=8, progress=False)[0] for p in prompts]
+    batched = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False)
+    single = [generate_texts(model, tok, [p], max_new_tokens=6, progress=False)[0] for p in prompts]
     assert batched == single
+
+
+@pytest.mark.embedded
+def test_embedded_minilm_encoder_loads():
+    from explainrec.llm.load import load_encoder
+
+    try:
+        tok, enc = load_encoder("minilm", device="cpu")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    batch = tok(["great tacos", "a long novel"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = enc(**batch).last_hidden_state
+    assert hidden.shape[0] == 2 and hidden.shape[-1] == enc.config.hidden_size == 384
+    assert enc.dtype == torch.float32 and not enc.training

@@ -111,7 +111,11 @@ def generate_texts(
 
     start = time.perf_counter()
     eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:  # padded positions are masked out, so eos can stand in
+        if not eos_ids:
+            raise ValueError("tokenizer has neither a pad nor an eos token; call explainrec.llm.load.ensure_pad_token")
+        pad_id = min(eos_ids)
     encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # longest first: memory peaks early
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=num_beams,

@@ -87,6 +87,8 @@ class VaeGmm(nn.Module):
         decoder_hidden: int | None = None,
         dropout: float = 0.1,
         unknown_prob: float = 0.05,
+        model_absence: bool = False,
+        pool: str = "concat",
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -120,15 +122,21 @@ class VaeGmm(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, num_layers=n_layers, norm=nn.LayerNorm(embed_dim),
                                              enable_nested_tensor=False)
-        self.to_mu = nn.Linear(2 * embed_dim, latent_dim)
-        self.to_logvar = nn.Linear(2 * embed_dim, latent_dim)
+        self.pool = pool
+        pooled = 2 * embed_dim if pool == "concat" else embed_dim
+        self.to_mu = nn.Linear(pooled, latent_dim)
+        self.to_logvar = nn.Linear(pooled, latent_dim)
 
         # --- decoder D(z) -> rating parameters (eq. 3)
+        # With model_absence an explicit-rating decoder also says whether the pair was observed at all:
+        # output 0 is the logit of "observed", the rest parameterise the rating (see recon_nll).
+        self.model_absence = bool(model_absence) and likelihood != "bernoulli"
         hidden = decoder_hidden or embed_dim
-        out_dim = n_rating_levels if likelihood == "categorical" else 1
+        out_dim = (n_rating_levels if likelihood == "categorical" else 1) + int(self.model_absence)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
         if likelihood == "gaussian":
-            nn.init.constant_(self.decoder[-1].bias, (lo + hi) / 2)  # start at the middle of the scale
+            with torch.no_grad():
+                self.decoder[-1].bias[-1] = (lo + hi) / 2  # start at the middle of the scale
             self.obs_logvar = nn.Parameter(torch.zeros(()))  # global rating noise, learned
         self.register_buffer("levels", torch.linspace(lo, hi, n_rating_levels), persistent=False)
 
@@ -171,7 +179,14 @@ class VaeGmm(nn.Module):
     def _encode_mapped(self, user: Tensor, item: Tensor) -> tuple[Tensor, Tensor]:
         tokens = torch.stack([self.user_emb(user), self.item_emb(item)], dim=1) + self.pos_emb  # (B, 2, E)
         hidden = self.encoder(tokens)  # (B, 2, E): attention only within each pair's 2 tokens
-        flat = hidden.flatten(1)  # (B, 2E)
+        if self.pool == "concat":
+            flat = hidden.flatten(1)  # (B, 2E)
+        elif self.pool == "user":
+            flat = hidden[:, 0]
+        elif self.pool == "mean":
+            flat = hidden.mean(1)
+        else:
+            flat = hidden[:, 0] + hidden[:, 0] * hidden[:, 1]
         logvar = self.to_logvar(flat).clamp(LOGVAR_MIN, LOGVAR_MAX)
         return self.to_mu(flat), logvar
 
@@ -182,33 +197,68 @@ class VaeGmm(nn.Module):
         return mu + eps * torch.exp(0.5 * logvar)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder output (eq. 3): logits (B, L) for categorical, mean (B,) for gaussian, logit (B,) for bernoulli."""
+        """Decoder output (eq. 3) for z (B, D): categorical logits (B, L), gaussian mean (B,), bernoulli logit
+        (B,). Under ``model_absence`` column 0 is prepended: the logit that the pair is observed at all."""
         out = self.decoder(z)
-        return out if self.likelihood == "categorical" else out.squeeze(-1)
+        return out if out.shape[-1] > 1 else out.squeeze(-1)
 
-    def recon_nll(self, out: Tensor, target: Tensor) -> Tensor:
-        """-log p(x|z) per pair (B,): the reconstruction term of eq. 16 under the chosen likelihood."""
+    def recon_nll(self, out: Tensor, target: Tensor, observed: Tensor | None = None) -> Tensor:
+        """-log p(x|z) per pair (B,): the reconstruction term of eq. 16 under the chosen likelihood.
+
+        ``target`` holds ratings (or 1/0 for bernoulli, eq. 7). ``observed`` (B,) bool marks real pairs
+        versus sampled negatives; it is needed only by a ``model_absence`` decoder, where the rating of a
+        negative is ignored.
+        """
         target = target.to(out.dtype)
+        if self.likelihood == "bernoulli":
+            return F.binary_cross_entropy_with_logits(out, target, reduction="none")
+        if self.model_absence:
+            if observed is None:
+                observed = torch.ones_like(target, dtype=torch.bool)
+            observed = observed.to(torch.bool)
+        elif observed is not None and not bool(observed.all()):
+            raise ValueError("sampled negatives need a model_absence=True decoder")
         if self.likelihood == "categorical":
-            return F.cross_entropy(out, self.rating_to_level(target), reduction="none")
-        if self.likelihood == "gaussian":
-            return 0.5 * (_LOG_2PI + self.obs_logvar + (target - out) ** 2 * torch.exp(-self.obs_logvar))
-        return F.binary_cross_entropy_with_logits(out, target, reduction="none")
+            logits = out[..., 1:] if self.model_absence else out
+            nll = F.cross_entropy(logits, self.rating_to_level(torch.nan_to_num(target)), reduction="none")
+        else:
+            mean = out[..., 1] if self.model_absence else out
+            diff2 = (torch.nan_to_num(target) - mean) ** 2
+            nll = 0.5 * (_LOG_2PI + self.obs_logvar + diff2 * torch.exp(-self.obs_logvar))
+        if not self.model_absence:
+            return nll
+        # p(x|z) = Ber(observed | sigmoid(out[:, 0])) * p(rating | z)^observed
+        seen = F.binary_cross_entropy_with_logits(out[..., 0], observed.to(out.dtype), reduction="none")
+        return seen + torch.where(observed, nll, torch.zeros_like(nll))
 
     def rating_to_level(self, rating: Tensor) -> Tensor:
-        """Nearest rating level index (B,) for a categorical likelihood."""
+        """Nearest rating level index (B,) in 0..L-1 for a categorical likelihood."""
         lo, hi = self.rating_range
         scaled = (rating - lo) / (hi - lo) * (self.n_rating_levels - 1)
         return scaled.round().clamp(0, self.n_rating_levels - 1).long()
 
     def point_prediction(self, out: Tensor) -> Tensor:
-        """A point prediction (B,) from decoder output: the expected rating for categorical (it minimises the
-        squared error that RMSE measures), the mean for gaussian, the probability of a positive for bernoulli."""
+        """A point prediction (B,) from decoder output.
+
+        Categorical: the expected rating (it minimises the squared error that RMSE measures). Gaussian: the
+        mean. Bernoulli: the probability that the pair is a positive. With ``model_absence`` the rating part
+        is the rating given that the pair is observed.
+        """
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        rating_out = out[..., 1:] if self.model_absence else out
         if self.likelihood == "categorical":
-            return out.softmax(-1) @ self.levels.to(out.dtype)
-        if self.likelihood == "gaussian":
+            return rating_out.softmax(-1) @ self.levels.to(out.dtype)
+        return rating_out.squeeze(-1) if self.model_absence else rating_out
+
+    def observed_score(self, out: Tensor) -> Tensor:
+        """A score (B,) that ranks observed pairs above negatives: the logit of "observed" (bernoulli or
+        ``model_absence``); for a decoder without absence modelling, the predicted rating."""
+        if self.likelihood == "bernoulli":
             return out
-        return torch.sigmoid(out)
+        if self.model_absence:
+            return out[..., 0]
+        return self.point_prediction(out)
 
     @torch.no_grad()
     def predict(self, user: Tensor, item: Tensor) -> Tensor:
@@ -284,6 +334,7 @@ class VaeGmm(nn.Module):
         beta: float = 0.1,
         *,
         sample: bool | None = None,
+        observed: Tensor | None = None,
         kl_mask: Tensor | None = None,
     ) -> LossParts:
         """The beta-weighted negative ELBO, VaDE-style (eq. 16-17), averaged over the batch.
@@ -298,6 +349,7 @@ class VaeGmm(nn.Module):
             user, item: (B,) contiguous ids; target: (B,) ratings (or 1/0 for bernoulli).
             beta: weight of the KL terms (paper: 0.1, after beta-VAE).
             sample: draw z (default: in training mode) or use z = mu (eval: a deterministic validation loss).
+            observed: optional (B,) bool, False for sampled negatives (``model_absence`` decoders only).
             kl_mask: optional (B,) bool/float weights of each pair in the KL mean, e.g. so that sampled
                 negatives of implicit feedback train the decoder without pulling mixture mass toward them.
         """
@@ -305,7 +357,7 @@ class VaeGmm(nn.Module):
         mu, logvar = self._encode_mapped(user, item)  # (B, D) each
         sample = self.training if sample is None else sample
         z = self.reparameterize(mu, logvar) if sample else mu
-        recon = self.recon_nll(self.decode(z), target)  # (B,)
+        recon = self.recon_nll(self.decode(z), target, observed)  # (B,)
 
         log_joint = self.log_joint(z)  # (B, K)
         log_gamma = F.log_softmax(log_joint, dim=-1)  # (B, K)
@@ -327,11 +379,11 @@ class VaeGmm(nn.Module):
         kl = kl_z_m + kl_c_m
         return LossParts(loss=recon_m + beta * kl, recon=recon_m, kl=kl, kl_z=kl_z_m, kl_c=kl_c_m)
 
-    def pretrain_loss(self, user: Tensor, item: Tensor, target: Tensor) -> Tensor:
+    def pretrain_loss(self, user: Tensor, item: Tensor, target: Tensor, observed: Tensor | None = None) -> Tensor:
         """Plain autoencoder loss for the warm-up before the GMM init: mean -log p(x | z = mu), no KL."""
         user, item = self._drop_ids(*self.map_ids(user, item))
         mu, _ = self._encode_mapped(user, item)
-        return self.recon_nll(self.decode(mu), target).mean()
+        return self.recon_nll(self.decode(mu), target, observed).mean()
 
     def forward(self, user: Tensor, item: Tensor, target: Tensor, beta: float = 0.1) -> LossParts:
         return self.elbo(user, item, target, beta)

@@ -1,0 +1,320 @@
+"""MultiGatedMoE and the routing context: equations 9-11, per-sample gates, batching, caching, aux losses."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaMLP
+
+from explainrec.llm.surgery import moe_upcycle
+from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE, collect_expert_usage, upcycle_slices
+from explainrec.methods.gavamoe.routing import current_routing, routing
+
+H, I = 64, 128
+
+
+def tiny_config() -> LlamaConfig:
+    return LlamaConfig(
+        hidden_size=H, intermediate_size=I, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def dense_mlp(seed: int = 0) -> LlamaMLP:
+    torch.manual_seed(seed)
+    mlp = LlamaMLP(tiny_config())
+    for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        torch.nn.init.normal_(lin.weight, std=0.2)  # large enough that SiLU is far from linear
+    return mlp
+
+
+def tiny_moe_model(n_clusters: int = 3, **kw) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config()).eval()
+    settings = dict(n_experts=4, top_k=2, granularity=4) | kw
+    moe_upcycle(model, n_clusters=n_clusters, **settings)
+    return model
+
+
+def naive_moe(moe: MultiGatedMoE, x: torch.Tensor, cluster_ids: torch.Tensor) -> torch.Tensor:
+    """Token-by-token transcription of eq. 9-11 with LLaMA's SwiGLU (SiLU on the gate projection only)."""
+    out = torch.zeros_like(x)
+    ex = moe.experts
+    for b in range(x.shape[0]):
+        router = moe.router.weight[int(cluster_ids[b])]  # (E, H): the gate of this sample's cluster
+        for t in range(x.shape[1]):
+            probs = torch.softmax(router @ x[b, t], dim=-1)
+            top_w, top_i = probs.topk(moe.top_k)
+            top_w = top_w / top_w.sum()
+            for w, e in zip(top_w, top_i):
+                hidden = F.silu(ex.gate_proj[e] @ x[b, t]) * (ex.up_proj[e] @ x[b, t])
+                out[b, t] += moe.output_scale * w * (ex.down_proj[e] @ hidden)
+    return out
+
+
+@pytest.mark.parametrize("dispatch", ["loop", "grouped"])
+def test_all_active_partitioned_experts_equal_dense_ffn(dispatch):
+    mlp = dense_mlp()
+    moe = MultiGatedMoE.from_dense(mlp, n_experts=4, top_k=4, n_gates=3, expert_size=I // 4, router_init_std=0.0,
+                                   dispatch=dispatch)
+    assert moe.output_scale == 4.0  # I / I_e
+    x = torch.randn(3, 5, H)
+    with routing(torch.tensor([0, 2, 1])):
+        got = moe(x)
+    torch.testing.assert_close(got, mlp(x), atol=1e-5, rtol=1e-5)
+
+
+def test_coarse_upcycled_experts_equal_dense_for_any_routing():
+    mlp = dense_mlp()
+    moe = MultiGatedMoE.from_dense(mlp, n_experts=2, top_k=1, n_gates=2, expert_size=I, router_init_std=1.0)
+    x = torch.randn(2, 7, H)
+    with routing([1, 0]):
+        got = moe(x)
+    assert moe.output_scale == 1.0
+    torch.testing.assert_close(got, mlp(x), atol=1e-5, rtol=1e-5)
+
+
+def test_upcycle_slices_partition_and_wrap():
+    assert upcycle_slices(8, 2, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    wrapped = upcycle_slices(10, 3, 4)  # 12 > 10 neurons: the last expert wraps around to the start
+    assert wrapped.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    with pytest.raises(ValueError):
+        upcycle_slices(8, 0, 4)
+
+
+def test_upcycled_expert_weights_are_the_dense_slices():
+    mlp = dense_mlp()
+    moe = MultiGatedMoE.from_dense(mlp, n_experts=3, top_k=2, expert_size=48)  # 144 > 128: wraps
+    idx = upcycle_slices(I, 3, 48)
+    for e in range(3):
+        assert torch.equal(moe.experts.gate_proj[e], mlp.gate_proj.weight[idx[e]])
+        assert torch.equal(moe.experts.up_proj[e], mlp.up_proj.weight[idx[e]])
+        assert torch.equal(moe.experts.down_proj[e], mlp.down_proj.weight[:, idx[e]])
+    random = MultiGatedMoE.from_dense(mlp, n_experts=3, top_k=2, expert_size=48, init="random")
+    assert random.output_scale == 1.0
+    assert not torch.equal(random.experts.gate_proj[0], mlp.gate_proj.weight[idx[0]])
+
+
+def test_forward_matches_token_by_token_equations():
+    torch.manual_seed(1)
+    moe = MultiGatedMoE(H, 16, n_experts=6, top_k=2, n_gates=3, router_init_std=0.5, expert_init_std=0.3,
+                        output_scale=1.7)
+    x = torch.randn(3, 4, H)
+    ids = torch.tensor([2, 0, 1])
+    with routing(ids):
+        got = moe(x)
+    torch.testing.assert_close(got, naive_moe(moe, x, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_and_loop_dispatch_agree_in_values_and_gradients():
+    torch.manual_seed(2)
+    moe = MultiGatedMoE(H, 16, n_experts=5, top_k=2, n_gates=2, router_init_std=0.3, expert_init_std=0.2)
+    x = torch.randn(4, 6, H)
+    results = []
+    for mode in ("loop", "grouped"):
+        moe.zero_grad()
+        moe.dispatch = mode
+        with routing([0, 1, 1, 0]):
+            out = moe(x)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in moe.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for g_loop, g_grouped in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g_loop, g_grouped, atol=1e-5, rtol=1e-4)
+
+
+def test_each_sample_uses_its_own_gate():
+    torch.manual_seed(3)
+    moe = MultiGatedMoE(H, 16, n_experts=6, top_k=2, n_gates=3, router_init_std=0.5, expert_init_std=0.3)
+    x = torch.randn(4, 5, H)
+    ids = torch.tensor([0, 2, 1, 2])
+    with routing(ids):
+        mixed = moe(x)
+    for b in range(4):
+        with routing(ids[b : b + 1]):
+            alone = moe(x[b : b + 1])
+        torch.testing.assert_close(mixed[b : b + 1], alone, atol=1e-5, rtol=1e-5)
+    changed = ids.clone()
+    changed[1] = 0
+    with routing(changed):
+        other = moe(x)
+    assert not torch.allclose(other[1], mixed[1])  # the gate matters ...
+    keep = [0, 2, 3]
+    torch.testing.assert_close(other[keep], mixed[keep])  # ... and only for its own sample
+
+
+def test_top_k_is_respected_and_usage_is_counted_per_gate():
+    torch.manual_seed(4)
+    moe = MultiGatedMoE(H, 16, n_experts=6, top_k=2, n_gates=3, router_init_std=0.5, output_scale=3.0)
+    seen = {}
+    moe.experts.register_forward_hook(lambda mod, args, out: seen.update(idx=args[1], w=args[2]))
+    x = torch.randn(2, 5, H)
+    with routing([2, 0]):
+        moe(x)
+    idx, w = seen["idx"], seen["w"]
+    assert idx.shape == (10, 2)
+    assert all(len(set(row.tolist())) == 2 for row in idx)  # k distinct experts per token
+    torch.testing.assert_close(w.sum(-1), torch.full((10,), 3.0))  # renormalised, times output_scale
+    usage = moe.expert_usage
+    assert usage.dtype == torch.long and usage.shape == (3, 6)
+    assert usage[2].sum() == 5 * 2 and usage[0].sum() == 5 * 2 and usage[1].sum() == 0
+    assert torch.equal(usage[2], torch.bincount(idx[:5].reshape(-1), minlength=6))
+    with routing([2, 0], token_mask=torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])):
+        moe(x)  # padding tokens are not counted
+    assert usage[2].sum() == 10 + 3 * 2 and usage[0].sum() == 10 + 5 * 2
+    moe.reset_usage()
+    assert moe.expert_usage.sum() == 0
+
+
+def test_missing_or_bad_cluster_ids_raise_clear_errors():
+    moe = MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=3)
+    x = torch.randn(2, 3, H)
+    with pytest.raises(RuntimeError, match="routing"):
+        moe(x)
+    with routing([0, 3]), pytest.raises(ValueError, match=r"\[0, 2\]"):
+        moe(x)
+    with routing([0, 1, 2]), pytest.raises(ValueError, match="3 cluster ids"):
+        moe(x)  # 2 rows are neither the 3 samples nor a repetition of them
+    with pytest.raises(ValueError, match="1-D"):
+        with routing(torch.zeros(2, 1, dtype=torch.long)):
+            pass
+    with pytest.raises(ValueError, match="top_k"):
+        MultiGatedMoE(H, 16, n_experts=4, top_k=5)
+
+
+def test_single_gate_needs_no_cluster_ids_and_ignores_them():
+    torch.manual_seed(5)
+    moe = MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=1)
+    x = torch.randn(2, 3, H)
+    plain = moe(x)
+    with routing([0, 1]):
+        torch.testing.assert_close(moe(x), plain)
+
+
+def test_expanded_batch_repeats_cluster_ids_like_beam_search():
+    torch.manual_seed(6)
+    moe = MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=3, router_init_std=0.5)
+    x = torch.randn(6, 1, H)  # 2 samples x 3 beams, one decoding step
+    with routing([1, 2]):
+        expanded = moe(x)
+    with routing([1, 1, 1, 2, 2, 2]):
+        explicit = moe(x)
+    torch.testing.assert_close(expanded, explicit)
+
+
+def test_aux_losses_are_named_finite_and_differentiable():
+    torch.manual_seed(7)
+    moe = MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=2, router_init_std=0.0)
+    x = torch.randn(2, 5, H)
+    with routing([0, 1], collect_aux=True) as ctx:
+        moe(x)
+        moe(x)
+    parts = ctx.aux_parts()
+    assert set(parts) == {"load_balance", "router_z"}
+    # all-zero routers: uniform probabilities give a balance loss of exactly 1 and z-loss of log(E)^2
+    torch.testing.assert_close(parts["load_balance"], torch.tensor(1.0))
+    torch.testing.assert_close(parts["router_z"], torch.tensor(4.0).log().square())
+    torch.nn.init.normal_(moe.router.weight, std=0.5)
+    with routing([0, 1], collect_aux=True) as ctx:
+        moe(x)
+    total = sum(ctx.aux_parts().values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0
+    with routing([0, 1]) as ctx:  # not asked for: nothing collected
+        moe(x)
+    assert ctx.aux_parts() == {}
+
+
+def test_routing_context_is_scoped():
+    assert current_routing() is None
+    with routing([1]) as outer:
+        with routing([2]) as inner:
+            assert current_routing() is inner
+        assert current_routing() is outer
+    assert current_routing() is None
+    with pytest.raises(KeyError):
+        with routing([0]):
+            raise KeyError("boom")
+    assert current_routing() is None
+
+
+def test_lora_on_stacked_expert_weights():
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(8)
+    model = torch.nn.Sequential()
+    model.add_module("mlp", MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=2, router_init_std=0.5))
+    x = torch.randn(2, 3, H)
+    with routing([0, 1]):
+        before = model(x)
+    config = peft.LoraConfig(r=2, target_modules=[], target_parameters=["experts.gate_proj", "experts.down_proj"],
+                             modules_to_save=["router"])
+    lora = peft.get_peft_model(model, config)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("router" in n for n in trainable)
+    with routing([0, 1]):
+        torch.testing.assert_close(lora(x), before)  # LoRA B starts at zero
+        lora(x).sum().backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_B" in n)
+
+
+# --- through the full model ------------------------------------------------------------------------------------
+
+
+def left_padded(seqs: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+SEQS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18], [19, 20]]
+CLUSTERS = torch.tensor([0, 2, 1, 2])
+
+
+def test_model_padded_batch_equals_batch_of_one_and_shuffle_permutes():
+    model = tiny_moe_model()
+    ids, mask = left_padded(SEQS)
+    with torch.no_grad(), routing(CLUSTERS, token_mask=mask):
+        batch = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    for b, seq in enumerate(SEQS):
+        with torch.no_grad(), routing(CLUSTERS[b : b + 1]):
+            alone = model(input_ids=torch.tensor([seq])).logits[0]
+        torch.testing.assert_close(batch[b, -len(seq) :], alone, atol=1e-5, rtol=1e-5)
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad(), routing(CLUSTERS[perm]):
+        shuffled = model(input_ids=ids[perm], attention_mask=mask[perm], position_ids=positions(mask)[perm]).logits
+    torch.testing.assert_close(shuffled, batch[perm], atol=1e-5, rtol=1e-5)
+    usage = collect_expert_usage(model, reset=True)
+    assert len(usage) == 2 and all(u.shape == (3, 4) for u in usage.values())
+    assert all(m.expert_usage.sum() == 0 for m in model.modules() if isinstance(m, MultiGatedMoE))
+
+
+def test_cached_generation_equals_uncached_and_beams_expand_ids():
+    model = tiny_moe_model()
+    ids, mask = left_padded(SEQS)
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad(), routing(CLUSTERS):
+        cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **settings)
+        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **settings)
+    assert torch.equal(cached, uncached)
+    with torch.no_grad(), routing(CLUSTERS):
+        beams = model.generate(input_ids=ids, attention_mask=mask, num_beams=2, num_return_sequences=2, **settings)
+    assert beams.shape[0] == 2 * len(SEQS)
+    for b in (1, 3):  # the beams of one sample do not depend on the rest of the batch
+        one_ids, one_mask = left_padded([SEQS[b]])
+        with torch.no_grad(), routing(CLUSTERS[b : b + 1]):
+            alone = model.generate(input_ids=one_ids, attention_mask=one_mask, num_beams=2, num_return_sequences=2,
+                                   **settings)
+        assert torch.equal(beams[2 * b : 2 * b + 2, -6:], alone[:, -6:])
+
+
+def test_model_without_routing_context_fails_clearly():
+    model = tiny_moe_model()
+    with pytest.raises(RuntimeError, match="routing"):
+        model(input_ids=torch.tensor([[5, 6, 7]]))
