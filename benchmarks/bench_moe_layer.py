@@ -1,6 +1,6 @@
-"""Forward+backward time of one MultiGatedMoE layer, batched, against the reference release's per-sample routing.
+"""Time one MultiGatedMoE layer, batched, against the reference release's per-sample routing (train and decode).
 
-    python benchmarks/bench_moe_layer.py                    # SmolLM2-135M sizes, batch 16, seq 128
+    python benchmarks/bench_moe_layer.py                    # SmolLM2-135M sizes, batch 16, seq 128 and 1
     python benchmarks/bench_moe_layer.py --top-k 2 --reps 3
     python benchmarks/bench_moe_layer.py --upcycle-nll      # also: NLL of the upcycled SmolLM2 at init (slow)
 
@@ -9,7 +9,8 @@ call, a Python loop over samples, and Mixtral's loop over experts with ``torch.w
 LLaMA's SwiGLU and the same weights, so both paths compute the same numbers (checked before timing). Times are the
 median of ``--reps`` runs after one warm-up round, the variants taking turns inside every round; wall and process CPU
 time are both printed. On a shared machine they move with the other load, so compare the lines of one run, not runs
-with each other (``--threads 1`` makes the CPU-time ratio the steadiest).
+with each other (``--threads 1`` makes the CPU-time ratio the steadiest). The last line, a dense SwiGLU FFN with
+intermediate size ``top_k * expert_size`` (the same multiply-adds per token), is the floor no routing can beat.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class ReferenceLayout(nn.Module):
 
     def __init__(self, moe: MultiGatedMoE):
         super().__init__()
-        self.top_k, self.n_experts, self.scale = moe.top_k, moe.n_experts, moe.output_scale
+        self.top_k, self.n_experts, self.scale = moe.top_k, moe.n_experts, float(moe.output_scale)
         self.gates = nn.ModuleList(nn.Linear(moe.hidden_size, moe.n_experts, bias=False) for _ in range(moe.n_gates))
         self.experts = nn.ModuleList(
             LlamaMLP(LlamaConfig(hidden_size=moe.hidden_size, intermediate_size=moe.expert_size))
@@ -65,8 +66,9 @@ class ReferenceLayout(nn.Module):
         return torch.stack(outs)
 
 
-def time_fwd_bwd(fns: dict[str, Callable], x: torch.Tensor, reps: int) -> dict[str, tuple[float, float]]:
-    """Median (wall, process CPU) seconds of forward + backward of ``fn(x).square().mean()`` for each fn.
+def time_fns(fns: dict[str, Callable], x: torch.Tensor, reps: int, backward: bool) -> dict[str, tuple[float, float]]:
+    """Median (wall, process CPU) seconds of ``fn(x)`` for each fn, plus the backward of ``fn(x).square().mean()``
+    when ``backward`` (else under ``no_grad``, as in decoding).
 
     The fns take turns within every repetition, after one warm-up round, so load from other processes hits them
     alike; process CPU time (all threads of this process) moves less than wall time when the CPU is shared.
@@ -77,7 +79,11 @@ def time_fwd_bwd(fns: dict[str, Callable], x: torch.Tensor, reps: int) -> dict[s
         for name, fn in fns.items():
             x.grad = None
             start_wall, start_cpu = time.perf_counter(), time.process_time()
-            fn(x).square().mean().backward()
+            if backward:
+                fn(x).square().mean().backward()
+            else:
+                with torch.no_grad():
+                    fn(x)
             if i:
                 wall[name].append(time.perf_counter() - start_wall)
                 cpu[name].append(time.process_time() - start_cpu)
@@ -90,9 +96,11 @@ def bench_layer(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     moe = MultiGatedMoE(args.hidden, args.intermediate // args.granularity, args.experts, args.top_k, args.gates,
                         router_init_std=0.02, output_scale=args.granularity)
-    x = torch.randn(args.batch, args.seq, args.hidden, requires_grad=True)
-    ids = torch.randint(0, args.gates, (args.batch,))
     reference = ReferenceLayout(moe)
+    ids = torch.randint(0, args.gates, (args.batch,))
+    print(f"MoE layer: hidden {args.hidden}, {args.experts} experts x {args.intermediate // args.granularity} "
+          f"(r={args.granularity}), top-{args.top_k}, {args.gates} gates, batch {args.batch}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians")
 
     def batched(dispatch: str) -> Callable:
         def run(inp: torch.Tensor) -> torch.Tensor:
@@ -104,18 +112,23 @@ def bench_layer(args: argparse.Namespace) -> None:
 
     fns = {"per-sample loop (reference layout)": lambda inp: reference(inp, ids)}
     fns |= {f"batched, dispatch={mode}": batched(mode) for mode in ("grouped", "loop")}
-    with torch.no_grad():
-        expected = reference(x, ids)
-        for name, fn in fns.items():
-            torch.testing.assert_close(fn(x), expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-    print(f"MoE layer: hidden {args.hidden}, {args.experts} experts x {args.intermediate // args.granularity} "
-          f"(r={args.granularity}), top-{args.top_k}, {args.gates} gates; batch {args.batch} x seq {args.seq}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median of {args.reps}")
-    times = time_fwd_bwd(fns, x, args.reps)
-    base_wall, base_cpu = next(iter(times.values()))
-    for name, (wall, cpu) in times.items():
-        print(f"  {name:36s} wall {wall * 1e3:8.1f} ms  cpu {cpu * 1e3:8.1f} ms   "
-              f"speed-up wall x{base_wall / wall:.1f}  cpu x{base_cpu / cpu:.1f}")
+    active = LlamaMLP(LlamaConfig(hidden_size=args.hidden, intermediate_size=args.top_k * moe.expert_size))
+    for seq in args.seq:
+        x = torch.randn(args.batch, seq, args.hidden, requires_grad=True)
+        with torch.no_grad():
+            expected = reference(x, ids)
+            for name, fn in fns.items():
+                torch.testing.assert_close(fn(x), expected, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        fns_with_floor = fns | {"dense FFN, same active size (floor)": active}
+        reps = min(50, args.reps * max(1, 128 // seq))  # short inputs are cheap and noisy: more repetitions
+        backward = seq > 1  # seq 1 stands for a cached decoding step: forward only
+        what = "forward+backward" if backward else "forward only (decoding step)"
+        print(f" seq {seq} ({args.batch * seq} tokens), {what}, {reps} repetitions")
+        times = time_fns(fns_with_floor, x, reps, backward)
+        base_wall, base_cpu = next(iter(times.values()))
+        for name, (wall, cpu) in times.items():
+            print(f"  {name:36s} wall {wall * 1e3:8.1f} ms  cpu {cpu * 1e3:8.1f} ms   "
+                  f"ratio wall x{base_wall / wall:.1f}  cpu x{base_cpu / cpu:.1f}")
 
 
 def bench_upcycle_nll(n_texts: int = 32) -> None:
@@ -180,7 +193,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--gates", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--seq", type=int, nargs="+", default=[128, 1], help="128: training; 1: a decoding step")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--upcycle-nll", action="store_true")

@@ -130,3 +130,26 @@ def test_random_init_and_shared_gate_ablation():
     with torch.no_grad():
         got = model(input_ids=ids).logits  # one shared gate: no routing context needed
     assert not torch.allclose(got, expected, atol=1e-3)
+
+
+def test_moe_upcycle_on_chosen_layers_only_and_not_twice():
+    model = tiny_model()
+    report = moe_upcycle(model, n_clusters=2, n_experts=4, top_k=2, granularity=4, layers=[1])
+    assert report.layers_changed == [1]
+    assert not isinstance(model.model.layers[0].mlp, MultiGatedMoE)
+    with pytest.raises(TypeError, match="dense LLaMA MLP"):
+        moe_upcycle(model, n_clusters=2, n_experts=4, top_k=2, granularity=4)
+
+
+def test_state_dict_round_trip_restores_upcycled_model_and_its_scale():
+    trained = tiny_model(seed=0)
+    moe_upcycle(trained, n_clusters=2, n_experts=8, top_k=2, granularity=4)  # output scale 4
+    rebuilt = tiny_model(seed=1)
+    moe_upcycle(rebuilt, n_clusters=2, n_experts=8, top_k=2, granularity=4, init="random")  # scale 1 until loaded
+    state = trained.state_dict()
+    assert not any("expert_usage" in key for key in state)  # run statistics stay out of checkpoints
+    rebuilt.load_state_dict(state)
+    assert float(rebuilt.model.layers[0].mlp.output_scale) == 4.0
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad(), routing([1]):
+        torch.testing.assert_close(rebuilt(input_ids=ids).logits, trained(input_ids=ids).logits)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import torch
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BatchContext = Callable[[torch.Tensor], ContextManager]
 
 
 @dataclass
@@ -91,6 +93,7 @@ def generate_texts(
     stats: GenerationStats | None = None,
     add_special_tokens: bool = False,
     embed_fn: EmbedFn | None = None,
+    batch_context: BatchContext | None = None,
     **model_kwargs,
 ) -> list[str]:
     """Continue every prompt; return the generated texts (prompt, special tokens and outer whitespace stripped).
@@ -101,7 +104,9 @@ def generate_texts(
 
     ``embed_fn(input_ids, index) -> inputs_embeds`` lets soft-prompt methods replace placeholder embeddings:
     it gets the padded ``(B, T)`` ids and the ``(B,)`` positions of the batch's prompts in ``prompts`` and
-    returns ``(B, T, H)``. Other ``model_kwargs`` go unchanged to every ``model.generate`` call.
+    returns ``(B, T, H)``. ``batch_context(index)`` returns a context manager that wraps that batch's
+    ``generate`` call (GaVaMoE opens its per-sample cluster routing there). Other ``model_kwargs`` go unchanged to
+    every ``model.generate`` call.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -139,9 +144,11 @@ def generate_texts(
                 ids, mask = _left_pad([encoded[i] for i in batch], pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 extra = {}
+                index = torch.tensor(batch, device=device)
                 if embed_fn is not None:
-                    extra["inputs_embeds"] = embed_fn(ids, torch.tensor(batch, device=device))
-                out = model.generate(input_ids=ids, attention_mask=mask, **extra, **options)
+                    extra["inputs_embeds"] = embed_fn(ids, index)
+                with batch_context(index) if batch_context is not None else nullcontext():
+                    out = model.generate(input_ids=ids, attention_mask=mask, **extra, **options)
                 new = out[:, ids.shape[1]:]  # (B, <= max_new_tokens); generate returns prompt + continuation
                 new_tokens += _count_new_tokens(new, eos_ids)
                 for i, text in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -51,11 +51,24 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     decoder = get_decoder() if callable(get_decoder) else None
     if decoder is not None and decoder is not model and isinstance(getattr(decoder, "layers", None), nn.ModuleList):
         return decoder.layers
-    raise TypeError(f"cannot find decoder layers in {type(model).__name__}: expected model.model.layers or model.layers")
+    raise TypeError(
+        f"cannot find decoder layers in {type(model).__name__}: expected model.model.layers or model.layers"
+    )
 
 
 def _n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _select(n_layers: int, layers: Sequence[int] | None) -> list[int]:
+    """Sorted, de-duplicated layer indices (negative ones count from the end); all layers when None."""
+    if layers is None:
+        return list(range(n_layers))
+    if any(not -n_layers <= i < n_layers for i in layers):
+        raise IndexError(f"layer indices {list(layers)} out of range for {n_layers} decoder layers")
+    if not layers:
+        raise ValueError("no decoder layer selected")
+    return sorted({i % n_layers for i in layers})
 
 
 def replace_mlps(
@@ -77,11 +90,7 @@ def replace_mlps(
         A :class:`SurgeryReport`; it is also logged at INFO level.
     """
     blocks = decoder_layers(model)
-    chosen = sorted({i % len(blocks) for i in layers}) if layers is not None else list(range(len(blocks)))
-    if layers is not None and any(not -len(blocks) <= i < len(blocks) for i in layers):
-        raise IndexError(f"layer indices {list(layers)} out of range for {len(blocks)} decoder layers")
-    if not chosen:
-        raise ValueError("no decoder layer selected")
+    chosen = _select(len(blocks), layers)
     params_before = _n_params(model)
     old_types, new_types, mlp_before, mlp_after = set(), set(), 0, 0
     for i in chosen:
@@ -158,8 +167,15 @@ def moe_upcycle(
 
     if (expert_size is None) == (granularity is None):
         raise ValueError("give exactly one of expert_size or granularity")
-    dense_size = decoder_layers(model)[0].mlp.gate_proj.out_features
+    blocks = decoder_layers(model)
+    projs = [getattr(blocks[i].mlp, "gate_proj", None) for i in _select(len(blocks), layers)]
+    if not all(isinstance(proj, nn.Linear) for proj in projs):
+        raise TypeError("moe_upcycle needs a dense LLaMA MLP (gate_proj/up_proj/down_proj) in every chosen layer")
     if expert_size is None:
+        dense_sizes = {proj.out_features for proj in projs}
+        if len(dense_sizes) != 1:
+            raise ValueError(f"the chosen layers differ in intermediate size {sorted(dense_sizes)}; pass expert_size")
+        dense_size = dense_sizes.pop()
         if granularity < 1 or dense_size % granularity:
             raise ValueError(f"granularity {granularity} must be >= 1 and divide the intermediate size {dense_size}")
         expert_size = dense_size // granularity

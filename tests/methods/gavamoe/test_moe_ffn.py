@@ -167,6 +167,32 @@ def test_top_k_is_respected_and_usage_is_counted_per_gate():
     assert moe.expert_usage.sum() == 0
 
 
+def test_per_sample_usage_is_tracked_and_beams_fold_back():
+    torch.manual_seed(9)
+    moe = MultiGatedMoE(H, 16, n_experts=6, top_k=2, n_gates=3, router_init_std=0.5)
+    seen = []
+    moe.experts.register_forward_hook(lambda mod, args, out: seen.append(args[1]))
+    x = torch.randn(2, 5, H)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with routing([2, 0], token_mask=mask, track_samples=True) as ctx:
+        moe(x)
+        moe(x)
+    idx = seen[0].view(2, 5, 2)
+    expected = torch.stack([
+        torch.bincount(idx[0, 1:].reshape(-1), minlength=6),
+        torch.bincount(idx[1].reshape(-1), minlength=6),
+    ])
+    assert torch.equal(ctx.sample_usage, 2 * expected)  # two calls, padding skipped
+    with routing([2, 0]) as ctx:
+        moe(x)
+    assert ctx.sample_usage is None  # not asked for
+    beams = x.repeat_interleave(3, dim=0)  # (6, 5, H): 2 samples x 3 beams
+    with routing([2, 0], track_samples=True) as ctx:
+        moe(beams)
+    idx = seen[-1].view(2, 3 * 5 * 2)
+    assert torch.equal(ctx.sample_usage, torch.stack([torch.bincount(row, minlength=6) for row in idx]))
+
+
 def test_missing_or_bad_cluster_ids_raise_clear_errors():
     moe = MultiGatedMoE(H, 16, n_experts=4, top_k=2, n_gates=3)
     x = torch.randn(2, 3, H)
@@ -318,3 +344,18 @@ def test_model_without_routing_context_fails_clearly():
     model = tiny_moe_model()
     with pytest.raises(RuntimeError, match="routing"):
         model(input_ids=torch.tensor([[5, 6, 7]]))
+
+
+def test_gradient_checkpointing_needs_backward_inside_the_block():
+    model = tiny_moe_model()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model.train()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with routing([2], collect_aux=True) as ctx:
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        (out.loss + 0.01 * sum(ctx.aux_parts().values())).backward()  # the recomputed forward sees the ids
+    assert model.model.layers[0].mlp.router.weight.grad.abs().sum() > 0
+    with routing([2]):
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+    with pytest.raises(RuntimeError, match="backward"):
+        out.loss.backward()

@@ -58,9 +58,15 @@ def fit_gmm(
 
 
 @torch.no_grad()
-def init_prior_from_latents(model: VaeGmm, latents: np.ndarray, *, seed: int = 0,
-                            max_samples: int = 50_000) -> GmmParams:
-    """Fit the mixture on ``latents`` (N, D) and copy it into ``model``'s prior (pi, mu_c, sigma_c^2)."""
+def init_prior_from_latents(model: VaeGmm, latents: np.ndarray, *, seed: int = 0, max_samples: int = 50_000,
+                            posterior_var_ratio: float = 0.1) -> GmmParams:
+    """Fit the mixture on ``latents`` (N, D) and copy it into ``model``'s prior (pi, mu_c, sigma_c^2).
+
+    The plain-autoencoder warm-up never trains the log-variance head, which therefore starts near
+    sigma^2 = 1 -- often wider than the fitted components. Samples z would then land between the components
+    and the widest one would absorb every pair (a collapse to one cluster, seen in practice). So q(z|x)
+    starts input-independent at ``posterior_var_ratio`` times the median component variance.
+    """
     params = fit_gmm(latents, model.n_clusters, seed=seed, max_samples=max_samples)
     like = model.mu_c
     model.init_prior(
@@ -68,4 +74,7 @@ def init_prior_from_latents(model: VaeGmm, latents: np.ndarray, *, seed: int = 0
         torch.as_tensor(params.means, dtype=like.dtype, device=like.device),
         torch.as_tensor(params.variances, dtype=like.dtype, device=like.device),
     )
+    start = float(np.log(posterior_var_ratio * np.median(params.variances)))
+    model.to_logvar.weight.zero_()
+    model.to_logvar.bias.fill_(start)
     return params

@@ -109,7 +109,12 @@ class StackedSwiGLUExperts(nn.Module):
     """
 
     def __init__(
-        self, n_experts: int, hidden_size: int, expert_size: int, act_fn: nn.Module | None = None, init_std: float = 0.02
+        self,
+        n_experts: int,
+        hidden_size: int,
+        expert_size: int,
+        act_fn: nn.Module | None = None,
+        init_std: float = 0.02,
     ):
         super().__init__()
         self.gate_proj = nn.Parameter(torch.empty(n_experts, expert_size, hidden_size))
@@ -123,7 +128,9 @@ class StackedSwiGLUExperts(nn.Module):
     def n_experts(self) -> int:
         return self.gate_proj.shape[0]
 
-    def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor, dispatch: str = "auto") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor, dispatch: str = "auto"
+    ) -> torch.Tensor:
         """Weighted sum of the chosen experts for every token.
 
         Args:
@@ -134,7 +141,7 @@ class StackedSwiGLUExperts(nn.Module):
         Returns:
             ``(N, H)``.
         """
-        n_tokens, k = topk_idx.shape
+        k = topk_idx.shape[1]
         flat = topk_idx.reshape(-1)  # (N*k,)
         order = flat.argsort(stable=True)  # assignments grouped by expert
         token_of = order // k  # (N*k,) source token of each sorted assignment
@@ -170,7 +177,8 @@ class MultiGatedMoE(nn.Module):
         top_k: experts per token k.
         n_gates: gates K, one per GMM cluster; 1 is the "w/o multi-gating" ablation and then needs no cluster ids.
         act_fn: activation on the gate projection (the dense MLP's ``act_fn``; SiLU by default).
-        output_scale: multiplies the combined output; see the module docstring (``r`` for upcycled experts).
+        output_scale: multiplies the combined output; see the module docstring (``r`` for upcycled experts). Kept
+            as a buffer in the state dict, so loading a checkpoint restores it.
         normalize_weights: renormalise the top-k probabilities to sum to one (eq. 11 followed by Mixtral's
             renormalisation); False keeps the raw softmax values.
         router_init_std: std of the normal router init; 0 gives all-zero routers (uniform softmax).
@@ -206,9 +214,11 @@ class MultiGatedMoE(nn.Module):
             raise ValueError(f"dispatch must be one of {_DISPATCH_MODES}; got {dispatch!r}")
         self.hidden_size, self.expert_size = hidden_size, expert_size
         self.n_experts, self.top_k, self.n_gates = n_experts, top_k, n_gates
-        self.output_scale, self.normalize_weights, self.dispatch = float(output_scale), normalize_weights, dispatch
+        self.normalize_weights, self.dispatch = normalize_weights, dispatch
         self.router = MultiGateRouter(n_gates, n_experts, hidden_size, init_std=router_init_std)
         self.experts = StackedSwiGLUExperts(n_experts, hidden_size, expert_size, act_fn, init_std=expert_init_std)
+        # saved with the weights: a model rebuilt with init="random" and then loaded gets the trained scale back
+        self.register_buffer("output_scale", torch.tensor(float(output_scale)))
         # run statistics, not model state: kept out of checkpoints
         self.register_buffer("expert_usage", torch.zeros(n_gates, n_experts, dtype=torch.long), persistent=False)
 
@@ -243,7 +253,9 @@ class MultiGatedMoE(nn.Module):
         ref = mlp.gate_proj.weight
         act_fn = getattr(mlp, "act_fn", None)
         with torch.device(ref.device):
-            moe = cls(hidden_size, expert_size, n_experts, top_k, n_gates, act_fn=act_fn, output_scale=output_scale, **kwargs)
+            moe = cls(
+                hidden_size, expert_size, n_experts, top_k, n_gates, act_fn=act_fn, output_scale=output_scale, **kwargs
+            )
         moe.to(dtype=ref.dtype)
         if init == "upcycle":
             idx = upcycle_slices(dense_size, n_experts, expert_size).to(ref.device)  # (E, I_e)
@@ -256,7 +268,8 @@ class MultiGatedMoE(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"gates={self.n_gates}, experts={self.n_experts}, top_k={self.top_k}, hidden={self.hidden_size}, "
-            f"expert_size={self.expert_size}, output_scale={self.output_scale:g}, normalize={self.normalize_weights}"
+            f"expert_size={self.expert_size}, output_scale={float(self.output_scale):g}, "
+            f"normalize={self.normalize_weights}"
         )
 
     def reset_usage(self) -> None:
@@ -298,6 +311,9 @@ class MultiGatedMoE(nn.Module):
             )
         if state is not None and state.collect_aux:
             state.aux.append(router_aux_losses(logits.float(), probs, top_idx, keep))
+        if state is not None and state.track_samples:
+            with torch.no_grad():
+                state.add_sample_usage(top_idx.view(batch, seq, self.top_k), self.n_experts, keep)
         return out.view(batch, seq, hidden)
 
 

@@ -82,10 +82,10 @@ def select_trainable(model: GaVaMoE, groups: tuple[str, ...]) -> dict[str, int]:
     rules = {
         "experts": lambda n: ".mlp.experts." in n,
         "gates": lambda n: ".mlp.router." in n,
-        "ffn": lambda n: ".mlp." in n,  # the dense MLPs of the "base" variant
+        "ffn": lambda n: n.startswith("llm.") and ".mlp." in n,  # the dense MLPs of the "base" variant
         "soft": lambda n: n.startswith(("user_proj.", "item_proj.")),
         "vae": lambda n: n.startswith("vae."),
-        "attention": lambda n: ".self_attn." in n,
+        "attention": lambda n: n.startswith("llm.") and ".self_attn." in n,
         "lora": lambda n: "lora_" in n,
         "all": lambda n: True,
     }

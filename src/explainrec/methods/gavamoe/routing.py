@@ -8,6 +8,8 @@ order, which forced batch size 1 and a sequential sampler. Here routing is data:
         out = model(input_ids=..., attention_mask=...)
     aux = ctx.aux_parts()                            # {"load_balance": ..., "router_z": ...}, mean over layers
 
+(``collect_aux=True`` and ``track_samples=True`` ask the layers to record aux losses and per-sample expert use.)
+
 and every :class:`~explainrec.methods.gavamoe.moe_ffn.MultiGatedMoE` reads the ids from the innermost open context.
 The state lives in a :class:`contextvars.ContextVar` (per thread / per asyncio task), is reset on exit even when the
 forward raises, and nothing survives between batches. Call ``backward()`` inside the block when gradient
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-_ACTIVE: contextvars.ContextVar[RoutingState | None] = contextvars.ContextVar("explainrec_gavamoe_routing", default=None)
+_ACTIVE: contextvars.ContextVar[RoutingState | None] = contextvars.ContextVar(
+    "explainrec_gavamoe_routing", default=None
+)
 
 
 @dataclass
@@ -35,12 +39,17 @@ class RoutingState:
             the aux losses and usage counts skip masked (padding) tokens. Other shapes (cached decoding steps,
             expanded beams) count every token.
         collect_aux: when True each MoE layer appends its auxiliary loss parts to ``aux``.
+        track_samples: when True ``sample_usage`` ``(B, E)`` counts, per sample, the (token, layer) assignments
+            to each expert over every forward run in the block (all decoding steps of a ``generate`` call; the
+            rows of expanded beams are added to their sample).
     """
 
     cluster_ids: torch.Tensor
     token_mask: torch.Tensor | None = None
     collect_aux: bool = False
+    track_samples: bool = False
     aux: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    sample_usage: torch.Tensor | None = None
     _checked_gates: set[int] = field(default_factory=set, repr=False)
 
     def ids_for(self, batch_size: int, n_gates: int, device: torch.device) -> torch.Tensor:
@@ -72,6 +81,28 @@ class RoutingState:
             return None
         return self.token_mask.reshape(-1).to(device=device, dtype=torch.bool)
 
+    def add_sample_usage(self, topk_idx: torch.Tensor, n_experts: int, keep: torch.Tensor | None) -> None:
+        """Add one layer's choices to ``sample_usage``.
+
+        Args:
+            topk_idx: ``(rows, T, k)`` experts chosen for each token; rows is B or B * beams.
+            n_experts: E of the layer. keep: optional ``(rows * T,)`` bool, False for padding tokens.
+        """
+        rows, seq, k = topk_idx.shape
+        row_of = torch.arange(rows, device=topk_idx.device).repeat_interleave(seq * k)  # (rows*T*k,)
+        slot = row_of * n_experts + topk_idx.reshape(-1)
+        if keep is not None:
+            slot = slot[keep.repeat_interleave(k)]
+        counts = torch.bincount(slot, minlength=rows * n_experts).view(rows, n_experts)
+        n_samples = self.cluster_ids.shape[0]
+        counts = counts.view(n_samples, rows // n_samples, n_experts).sum(1)  # fold beams back onto their sample
+        if self.sample_usage is None:
+            self.sample_usage = counts
+        elif self.sample_usage.shape != counts.shape:
+            raise ValueError(f"MoE layers disagree on the expert count: {self.sample_usage.shape[1]} vs {n_experts}")
+        else:
+            self.sample_usage += counts.to(self.sample_usage.device)
+
     def aux_parts(self) -> dict[str, torch.Tensor]:
         """Mean of each named aux loss over the MoE layers that ran (empty dict when none collected)."""
         if not self.aux:
@@ -86,6 +117,7 @@ def routing(
     *,
     token_mask: torch.Tensor | None = None,
     collect_aux: bool = False,
+    track_samples: bool = False,
 ) -> Iterator[RoutingState]:
     """Make ``cluster_ids`` (one per sample) visible to every MoE layer run inside the block.
 
@@ -96,7 +128,9 @@ def routing(
         raise ValueError(f"cluster_ids must be a 1-D integer tensor of shape (B,); got {tuple(ids.shape)} {ids.dtype}")
     if token_mask is not None and (token_mask.dim() != 2 or token_mask.shape[0] != ids.shape[0]):
         raise ValueError(f"token_mask must be (B, T) with B={ids.shape[0]}; got {tuple(token_mask.shape)}")
-    state = RoutingState(cluster_ids=ids.long(), token_mask=token_mask, collect_aux=collect_aux)
+    state = RoutingState(
+        cluster_ids=ids.long(), token_mask=token_mask, collect_aux=collect_aux, track_samples=track_samples
+    )
     token = _ACTIVE.set(state)
     try:
         yield state

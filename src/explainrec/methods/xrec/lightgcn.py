@@ -19,8 +19,8 @@ batch, train items masked), so no Python loop runs per user.
 from __future__ import annotations
 
 import json
-import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,8 +62,11 @@ def normalized_adjacency(
     inv_sqrt = np.zeros(n)
     np.power(deg, -0.5, out=inv_sqrt, where=deg > 0)
     values = (inv_sqrt[rows] * inv_sqrt[cols]).astype(np.float32)
-    coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(values), (n, n))
-    return coo.coalesce().to_sparse_csr().to(device or "cpu")
+    with warnings.catch_warnings():  # torch flags sparse CSR as "beta"; the ops used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(values), (n, n),
+                                      check_invariants=False)
+        return coo.coalesce().to_sparse_csr().to(device or "cpu")
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -125,39 +128,65 @@ def bpr_loss(final: Tensor, ego: Tensor, users: Tensor, pos: Tensor, neg: Tensor
     ``l2 = ||e_u^0||^2 + ||e_i^0||^2 + ||e_j^0||^2`` summed over the batch / (2B) -- the regulariser acts on the
     batch's ego embeddings only, as in LightGCN's release; ``loss = bpr + reg * l2``.
     """
-    u, p, n = final[users], final[pos + n_users], final[neg + n_users]  # (B, d) each
-    diff = (u * p).sum(-1) - (u * n).sum(-1)  # (B,)
+    b = users.shape[0]
+    nodes = torch.cat([users, pos + n_users, neg + n_users])  # (3B,): one gather = one scatter in backward
+    u, p, n = final[nodes].view(3, b, -1)  # (B, d) each
+    diff = (u * (p - n)).sum(-1)  # (B,) = y_ui - y_uj
     bpr = F.softplus(-diff).mean()
-    l2 = (ego[users].pow(2).sum() + ego[pos + n_users].pow(2).sum() + ego[neg + n_users].pow(2).sum()) / (2 * users.shape[0])
+    l2 = ego[nodes].pow(2).sum() / (2 * b)
     return bpr + reg * l2, bpr, l2
 
 
 class NegativeSampler:
     """Uniform negative items that are not train positives of the user (vectorised rejection sampling).
 
-    A draw that hits a positive is redrawn, up to ``max_rounds`` times; what is left after that (only possible for
-    users who interacted with nearly every item) is kept. Positives are stored as sorted keys ``u * n_items + i``.
+    Draws are redrawn where they hit a positive, ``rounds`` times; draws still bad after that (users who
+    interacted with most items) are replaced by an exact draw from the user's non-positive items: rank r is drawn
+    uniformly in ``[0, n_items - deg_u)`` and mapped to the r-th free item by the fixed point
+    ``x = r + #{positives <= x}``. A user who interacted with every item keeps a random (positive) item.
+    Positives are stored as sorted keys ``u * n_items + i``.
     """
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, *, max_rounds: int = 10) -> None:
-        self.n_items, self.max_rounds = int(n_items), max_rounds
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, *, rounds: int = 3) -> None:
+        self.n_items, self.rounds = int(n_items), rounds
         self.keys = torch.from_numpy(np.unique(users.astype(np.int64) * n_items + items.astype(np.int64)))
 
     def is_positive(self, users: Tensor, items: Tensor) -> Tensor:
         keys = users * self.n_items + items
-        at = torch.searchsorted(self.keys, keys).clamp_(max=max(len(self.keys) - 1, 0))
-        return self.keys[at] == keys if len(self.keys) else torch.zeros_like(keys, dtype=torch.bool)
+        if len(self.keys) == 0:
+            return torch.zeros_like(keys, dtype=torch.bool)
+        at = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
+        return self.keys[at] == keys
 
     def sample(self, users: Tensor, generator: torch.Generator) -> Tensor:
         """``(B,)`` CPU long user ids -> ``(B,)`` negative item ids."""
         neg = torch.randint(0, self.n_items, users.shape, generator=generator)
-        for _ in range(self.max_rounds):
+        for _ in range(self.rounds):
             bad = self.is_positive(users, neg)
             n_bad = int(bad.sum())
             if n_bad == 0:
-                break
+                return neg
             neg[bad] = torch.randint(0, self.n_items, (n_bad,), generator=generator)
+        bad = self.is_positive(users, neg)
+        if bad.any():
+            neg[bad] = self._exact(users[bad], neg[bad], generator)
         return neg
+
+    def _exact(self, users: Tensor, fallback: Tensor, generator: torch.Generator) -> Tensor:
+        """Uniform draws from each user's non-positive items (``fallback`` where none exists)."""
+        start = torch.searchsorted(self.keys, users * self.n_items)  # first key of each user
+        deg = torch.searchsorted(self.keys, (users + 1) * self.n_items) - start
+        free = self.n_items - deg
+        has_free = free > 0
+        rank = (torch.rand(users.shape, generator=generator) * free.clamp(min=1)).long().clamp_(max=(free - 1).clamp(min=0))
+        x = rank.clone()
+        while True:  # x = r + #{positives of u <= x}; increases monotonically to the r-th free item
+            count = torch.searchsorted(self.keys, users * self.n_items + x, right=True) - start
+            nxt = rank + count
+            if torch.equal(nxt, x):
+                break
+            x = nxt
+        return torch.where(has_free, x, fallback)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -421,7 +450,3 @@ def _evaluate(model: LightGCN, adj: Tensor, dataset: Dataset, train: tuple[np.nd
         user_emb, item_emb = model(adj)
     return ranking_metrics(user_emb, item_emb, train, split_pairs(dataset, split), k=k)
 
-
-def random_baseline_recall(n_items: int, k: int = 20) -> float:
-    """Expected Recall@k of a random ranking (ignoring masking): k / n_items. A sanity floor for tests and logs."""
-    return min(k, n_items) / n_items if n_items else math.nan
