@@ -1,7 +1,7 @@
 """LightGCN (XRec's collaborative tokenizer) on CPU: seconds per epoch, edges/s, Recall@20 / NDCG@20.
 
-    python benchmarks/bench_lightgcn.py                                 # google graph, 30 epochs
-    python benchmarks/bench_lightgcn.py --epochs 5 --threads 1
+    python benchmarks/bench_lightgcn.py --threads 1                     # google graph, 30 epochs
+    python benchmarks/bench_lightgcn.py --epochs 2 --threads 2
     python benchmarks/bench_lightgcn.py --data synthetic --epochs 20    # no real data needed
 
 Two measurements, both in the same run:

@@ -332,13 +332,26 @@ def test_categorical_likelihood_runs(small, tmp_path):
     assert np.isfinite(res.metrics["test_rmse"])
 
 
-def test_small_cluster_warning_is_recorded(small, tmp_path):
-    """Many clusters on tiny data: a near-empty cluster is logged and recorded in metrics.json."""
-    res = fit_clusters(small, 12, tmp_path / "many", epochs=0, **{**TINY, "pretrain_epochs": 1})
+def test_small_cluster_rule():
+    from explainrec.analysis.latent import cluster_sizes, small_clusters
+
+    assert cluster_sizes(np.array([0, 0, 2, 2, 2]), 4) == [2, 0, 3, 0]
+    assert small_clusters([500, 4, 496, 0], 0.01) == [1, 3]
+    assert small_clusters([50, 50], 0.01) == []
+
+
+def test_small_cluster_warning_is_logged_and_recorded(small, tmp_path, caplog):
+    """A cluster under the threshold share of pairs is logged and recorded in metrics.json (a threshold of
+    60% makes every cluster of a 2-cluster run but the largest "small", whatever the data)."""
+    with caplog.at_level("WARNING", logger="explainrec.methods.gavamoe.stage1"):
+        res = fit_clusters(small, 2, tmp_path / "warn", epochs=0, small_cluster_fraction=0.6, **TINY)
     sizes = res.metrics["cluster_sizes"]
-    small_ids = [c for c, n in enumerate(sizes) if n < 0.01 * sum(sizes)]
-    assert res.metrics["small_clusters"] == small_ids
-    assert bool(res.metrics["warnings"]) == bool(small_ids)
+    expected = [c for c, n in enumerate(sizes) if n < 0.6 * sum(sizes)]
+    assert expected and res.metrics["small_clusters"] == expected
+    assert len(res.metrics["warnings"]) == 1 and "imbalance" in res.metrics["warnings"][0]
+    assert any("imbalance" in r.getMessage() for r in caplog.records)
+    saved = json.loads((tmp_path / "warn" / "metrics.json").read_text())
+    assert saved["warnings"] == res.metrics["warnings"]
 
 
 def test_bad_data_is_rejected_with_a_clear_error(tmp_path):

@@ -204,6 +204,33 @@ def test_mismatched_prompt_and_scope_errors(setup):
     assert current_injection() is None
 
 
+def test_layer_subset_only_touches_the_chosen_layers(setup):
+    model, _, _, ids, mask, user, item = setup
+    decoder = find_decoder(model.llm)
+    subset = XRecInjection(model.llm, layers=[1])
+    changed = {}
+    handles = []
+    for layer, block in enumerate(decoder.layers):
+        def pre(mod, args, kwargs, layer=layer):
+            changed[layer] = [kwargs["hidden_states"].clone()]
+        def post(mod, args, kwargs, layer=layer):
+            changed[layer] = bool((kwargs["hidden_states"] != changed[layer][0]).any())
+        handles += [block.self_attn.register_forward_pre_hook(pre, with_kwargs=True, prepend=True),
+                    block.self_attn.register_forward_pre_hook(post, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            u, i = model.soft_vectors(user, item)
+            with subset.inject(ids, {model.user_token_id: u, model.item_token_id: i}):
+                model.llm(input_ids=ids, attention_mask=mask)
+    finally:
+        subset.remove()
+        for h in handles:
+            h.remove()
+    assert changed == {0: False, 1: True}
+    with pytest.raises(ValueError, match="layers must lie"):
+        XRecInjection(model.llm, layers=[5])
+
+
 def test_find_decoder_rejects_non_decoders():
     with pytest.raises(ValueError, match="LLaMA-family"):
         XRecInjection(torch.nn.Linear(3, 3))

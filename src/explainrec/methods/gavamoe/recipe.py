@@ -175,9 +175,13 @@ def train(
     if not (stage1_dir / "model.safetensors").exists():
         echo(f"[gavamoe] stage 1: fitting the VAE-GMM with {cfg.clusters} clusters -> {stage1_dir}")
         fit_clusters(dataset, cfg.clusters, stage1_dir, seed=cfg.seed, progress=progress_bar, **cfg.stage1)
-    vae, _, _ = load_stage1(stage1_dir)
+    vae, s1_users, s1_items = load_stage1(stage1_dir)
+    if s1_users.raw != dataset.users.raw or s1_items.raw != dataset.items.raw:
+        raise ValueError(f"{stage1_dir}: its id maps differ from dataset {dataset.name!r}; "
+                         "stage 1 was trained on other data -- use a fresh run folder")
 
-    # -- stage 2 model
+    # -- stage 2 model; re-seeded so its init does not depend on whether stage 1 ran in this process
+    seed_everything(cfg.seed)
     model, tokenizer, report = build_model(cfg, dataset, vae, llm=llm, tokenizer=tokenizer)
     groups = tuple("ffn" if g == "experts" and cfg.moe.variant == "base" else g for g in cfg.trainable)
     counts = select_trainable(model, groups + (("lora",) if cfg.lora_r > 0 else ()))
@@ -273,7 +277,9 @@ def train(
 def validation_loss(model, rows: list[dict], collate_fn, cfg: TrainConfig, acc) -> dict[str, float]:
     """Mean explanation NLL (and ELBO) over the validation pairs, in eval mode."""
     model.eval()
-    loader = acc.prepare(torch.utils.data.DataLoader(rows, batch_size=cfg.batch_size, collate_fn=collate_fn))
+    # its own generator: a DataLoader otherwise draws its base seed from the global RNG, and a resumed run would diverge
+    loader = acc.prepare(torch.utils.data.DataLoader(rows, batch_size=cfg.batch_size, collate_fn=collate_fn,
+                                                     generator=torch.Generator().manual_seed(0)))
     sums: dict[str, float] = {}
     n = 0
     for batch in loader:

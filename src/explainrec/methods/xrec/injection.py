@@ -119,7 +119,7 @@ class XRecInjection:
 
     Args:
         llm: a LLaMA-family causal LM (or its decoder).
-        every_layer: False keeps only the input splice (the paper's "w/o injection" ablation).
+        every_layer: False keeps only the input splice (ablation: input-only vs every-layer injection).
         layers: indices of the decoder layers that receive the addition (default: all).
 
     Call :meth:`remove` to take the hooks off again.

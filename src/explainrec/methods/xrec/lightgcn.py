@@ -349,9 +349,9 @@ def train_lightgcn(
     *,
     dim: int = 64,
     layers: int = 2,
-    epochs: int = 40,
+    epochs: int = 30,
     batch_size: int = 8192,
-    lr: float = 5e-3,
+    lr: float = 1e-2,
     reg: float = 1e-4,
     seed: int = 0,
     progress: bool = True,
@@ -367,9 +367,14 @@ def train_lightgcn(
     against uniformly sampled non-positive items and takes one Adam step on eq. 15. Epochs visit every train edge
     once in a seeded random order. ``eval_every`` > 0 also records validation Recall/NDCG every that many epochs
     in ``history`` (no model selection: the last epoch is returned). ``max_seconds`` stops early (after the
-    current epoch) once the wall-clock budget is spent. Defaults are tuned for CPU (large batch, larger step);
-    LightGCN's paper used batch 2048 and lr 1e-3. Everything is seeded by ``seed`` through private generators
-    (the global RNG is untouched).
+    current epoch) once the wall-clock budget is spent. ``device`` is where the graph and embeddings live.
+
+    Defaults are tuned for CPU: a large batch (each step propagates the whole graph, so fewer steps per epoch
+    means a faster epoch) with a larger step than LightGCN's paper (batch 2048, lr 1e-3). On the google graph
+    (330k train edges) validation Recall@20 peaked around epoch 30 (0.130; 0.117 at 10, 0.125 at 40). One epoch
+    took ~7 s on one torch thread of the shared 2-core machine, ~15 s under heavy load, and 25 s with two threads
+    under load (OpenMP hand-offs): set ``torch.set_num_threads(1)`` there. Everything is seeded by ``seed``
+    through private generators (the global RNG is untouched).
     """
     if batch_size < 1 or epochs < 0:
         raise ValueError(f"need batch_size >= 1 and epochs >= 0; got {batch_size=}, {epochs=}")
