@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -215,7 +213,7 @@ def gavamoe_train(
     model: str = typer.Option("smollm2-135m", "--model", help="Base LLM: embedded default, HF id (e.g. meta-llama/Llama-3.1-8B-Instruct), local folder, or 'tiny'."),
     variant: str = typer.Option("full", "--variant", help="full | single-gate (w/o multi-gating) | coarse (w/o fine-grained experts) | base (dense)."),
     experts: int = typer.Option(8, "--experts", help="Fine-grained experts per layer (paper, 8B: 12)."),
-    top_k: int = typer.Option(2, "--top-k", help="Experts active per token (paper: 2)."),
+    top_k: int = typer.Option(4, "--top-k", help="Experts active per token (paper, 8B: 2; 4 keeps SmolLM2's FFN compute)."),
     granularity: int = typer.Option(4, "--granularity", help="r: an expert has 1/r of the dense FFN's neurons."),
     init: str = typer.Option("upcycle", "--init", help="upcycle (split the pretrained FFN) or random (reference release)."),
     alpha: float = typer.Option(0.1, "--alpha", help="Weight of the ELBO in alpha*ELBO + (1-alpha)*NLL."),

@@ -42,7 +42,7 @@ from typing import Any, Iterator, TextIO
 
 import numpy as np
 
-from explainrec.data.schema import SPLITS, DataError, Dataset, Example, IdMap, Interactions, where
+from explainrec.data.schema import DataError, Dataset, Example, IdMap, Interactions, where
 from explainrec.data.splits import hash_split
 
 XREC_FIELDS = ("user", "item", "title", "user_profile", "item_profile", "explanation", "split")

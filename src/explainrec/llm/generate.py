@@ -16,7 +16,7 @@ from typing import Callable, ContextManager
 import torch
 
 EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-BatchContext = Callable[[torch.Tensor], ContextManager]
+BatchContext = Callable[[torch.Tensor, torch.Tensor], ContextManager]
 
 
 @dataclass
@@ -104,7 +104,7 @@ def generate_texts(
 
     ``embed_fn(input_ids, index) -> inputs_embeds`` lets soft-prompt methods replace placeholder embeddings:
     it gets the padded ``(B, T)`` ids and the ``(B,)`` positions of the batch's prompts in ``prompts`` and
-    returns ``(B, T, H)``. ``batch_context(index)`` returns a context manager that wraps that batch's
+    returns ``(B, T, H)``. ``batch_context(input_ids, index)`` returns a context manager that wraps that batch's
     ``generate`` call (GaVaMoE opens its per-sample cluster routing there). Other ``model_kwargs`` go unchanged to
     every ``model.generate`` call.
     """
@@ -147,7 +147,7 @@ def generate_texts(
                 index = torch.tensor(batch, device=device)
                 if embed_fn is not None:
                     extra["inputs_embeds"] = embed_fn(ids, index)
-                with batch_context(index) if batch_context is not None else nullcontext():
+                with batch_context(ids, index) if batch_context is not None else nullcontext():
                     out = model.generate(input_ids=ids, attention_mask=mask, **extra, **options)
                 new = out[:, ids.shape[1]:]  # (B, <= max_new_tokens); generate returns prompt + continuation
                 new_tokens += _count_new_tokens(new, eos_ids)

@@ -7,7 +7,7 @@ import torch
 from explainrec.data import make_synthetic
 from explainrec.data.collate import IGNORE_INDEX
 from explainrec.llm.load import load_llm
-from explainrec.methods.gavamoe.modeling import GaVaMoE, MoEConfig
+from explainrec.methods.gavamoe.modeling import MoEConfig
 from explainrec.methods.gavamoe.recipe import TrainConfig, build_model, encode_examples, make_collate, select_trainable
 from explainrec.methods.gavamoe.vae_gmm import VaeGmm
 

@@ -43,7 +43,7 @@ def explain_pairs(
     usage = torch.zeros(len(examples), max(n_experts, 1), dtype=torch.long)
 
     @contextmanager
-    def batch_context(index: torch.Tensor):
+    def batch_context(_ids: torch.Tensor, index: torch.Tensor):
         with routing(clusters[index], track_samples=n_experts > 0) as state:
             yield
         if state.sample_usage is not None:

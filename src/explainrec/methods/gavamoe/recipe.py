@@ -15,9 +15,6 @@ Run folder::
 """
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +25,8 @@ from explainrec.data.schema import Dataset, Example
 from explainrec.io import atomic_write_json
 from explainrec.methods.gavamoe.modeling import GaVaMoE, MoEConfig
 from explainrec.methods.gavamoe.prompting import gavamoe_prompt
-from explainrec.train.checkpoint import is_complete, load_checkpoint, save_checkpoint
-from explainrec.train.loop_utils import progress, seed_everything
+from explainrec.train.loop import make_accelerator, run_loop
+from explainrec.train.loop_utils import seed_everything
 
 TRAINABLE_GROUPS = ("experts", "gates", "soft", "vae", "ffn", "attention", "all")
 
@@ -160,15 +157,12 @@ def train(
     tokenizer=None,
 ) -> dict:
     """Train GaVaMoE on ``dataset``'s train split and save it to ``out_dir/model``. Returns a summary dict."""
-    from accelerate import Accelerator
-
     from explainrec.methods.gavamoe.stage1 import fit_clusters, load_stage1
 
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
     seed_everything(cfg.seed)
-    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision="bf16" if use_bf16 else "no")
+    acc = make_accelerator(cfg.grad_accum)
 
     # -- stage 1: reuse the run folder's VAE-GMM when present
     stage1_dir = out / "stage1"
@@ -193,127 +187,21 @@ def train(
 
     train_rows = encode_examples(dataset.split_examples("train"), tokenizer, cfg)
     valid_rows = encode_examples(dataset.split_examples("valid"), tokenizer, cfg)
-    if not train_rows:
-        raise ValueError(f"dataset {dataset.name!r} has no training explanations")
-    collate_fn = make_collate(tokenizer.pad_token_id)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer = acc.prepare(model, optimizer)
-    raw = acc.unwrap_model(model)
-
-    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "seconds": 0.0, "history": [], "valid": []}
-    ckpt_dir = out / "checkpoint"
-    neg_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    if resume and is_complete(ckpt_dir):
-        state = load_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, expected_config=cfg.to_dict(),
-                                ignore_config_keys=("max_minutes", "max_steps", "epochs"), generators={"neg": neg_gen})
-        echo(f"[gavamoe] resumed from {ckpt_dir}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}")
-
-    def checkpoint() -> None:
-        if acc.is_main_process:
-            save_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, state=state, config=cfg.to_dict(), generators={"neg": neg_gen})
-
-    start = time.perf_counter() - state["seconds"]
-    budget_hit = False
     n_items = dataset.n_items
-    while state["epoch"] < cfg.epochs and not budget_hit:
-        epoch = state["epoch"]
-        order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=order, collate_fn=collate_fn)
-        loader = acc.prepare(loader)
-        skip = state["batch_in_epoch"]
-        batches = acc.skip_first_batches(loader, skip) if skip else loader
-        model.train()
-        for batch in progress(batches, enabled=progress_bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader) - skip):
-            neg = torch.randint(0, n_items, batch["user"].shape, generator=neg_gen).to(batch["user"].device)
-            with acc.accumulate(model):
-                out_ = model(**batch, neg_item=neg)
-                acc.backward(out_.loss)
-                if acc.sync_gradients and cfg.clip > 0:
-                    acc.clip_grad_norm_(params, cfg.clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            state["batch_in_epoch"] += 1
-            if acc.sync_gradients:
-                state["step"] += 1
-                state["seconds"] = time.perf_counter() - start
-                if state["step"] % cfg.log_every == 0 or state["step"] == 1:
-                    row = {"step": state["step"], "epoch": epoch + state["batch_in_epoch"] / len(loader),
-                           "seconds": round(state["seconds"], 1), "loss": out_.loss.item(),
-                           **{k: v.item() for k, v in out_.parts.items()}}
-                    state["history"].append(row)
-                    echo(f"[gavamoe] step {row['step']} loss {row['loss']:.4f} nll {row['nll']:.4f} ({row['seconds']:.0f}s)")
-                if state["step"] % cfg.checkpoint_every == 0:
-                    checkpoint()
-                over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
-                over_steps = cfg.max_steps is not None and state["step"] >= cfg.max_steps
-                if over_time or over_steps:
-                    budget_hit = True
-                    echo(f"[gavamoe] budget reached after {state['step']} steps ({state['seconds'] / 60:.1f} min)")
-                    break
-        if not budget_hit:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-        if valid_rows:
-            v = validation_loss(model, valid_rows, collate_fn, cfg, acc)
-            state["valid"].append({"step": state["step"], "epoch": state["epoch"], **v})
-            echo(f"[gavamoe] validation: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
-        checkpoint()
 
+    def negatives(batch: dict, gen: torch.Generator) -> dict:
+        """Implicit feedback: one uniformly sampled item per pair for the Bernoulli ELBO (eq. 7)."""
+        return {"neg_item": torch.randint(0, n_items, batch["user"].shape, generator=gen).to(batch["user"].device)}
+
+    raw, state = run_loop(model, train_rows, valid_rows, make_collate(tokenizer.pad_token_id), cfg, out, acc=acc,
+                          extra=negatives, resume=resume, progress_bar=progress_bar, echo=echo, tag="gavamoe")
     summary = {"steps": state["step"], "train_seconds": round(state["seconds"], 1), "epochs_done": state["epoch"],
-               "budget_hit": budget_hit, "trainable": counts, "parameters": total, "config": cfg.to_dict(),
+               "budget_hit": state["budget_hit"], "trainable": counts, "parameters": total, "config": cfg.to_dict(),
                "last_valid": state["valid"][-1] if state["valid"] else None}
     if acc.is_main_process:
         from explainrec.methods.gavamoe.persist import save_pretrained
 
         save_pretrained(raw, tokenizer, out / "model", config=cfg.to_dict(), dataset=dataset)
         atomic_write_json(out / "train_summary.json", summary)
-        _write_log_and_plot(out, state)
     acc.wait_for_everyone()
     return summary
-
-
-@torch.no_grad()
-def validation_loss(model, rows: list[dict], collate_fn, cfg: TrainConfig, acc) -> dict[str, float]:
-    """Mean explanation NLL (and ELBO) over the validation pairs, in eval mode."""
-    model.eval()
-    # its own generator: a DataLoader otherwise draws its base seed from the global RNG, and a resumed run would diverge
-    loader = acc.prepare(torch.utils.data.DataLoader(rows, batch_size=cfg.batch_size, collate_fn=collate_fn,
-                                                     generator=torch.Generator().manual_seed(0)))
-    sums: dict[str, float] = {}
-    n = 0
-    for batch in loader:
-        out = model(**batch)
-        for k, v in out.parts.items():
-            if k in ("nll", "elbo"):
-                sums[k] = sums.get(k, 0.0) + v.item() * batch["user"].shape[0]
-        n += batch["user"].shape[0]
-    model.train()
-    return {f"valid_{k}": v / max(n, 1) for k, v in sums.items()} | ({"valid_ppl": math.exp(min(sums["nll"] / max(n, 1), 50))} if "nll" in sums else {})
-
-
-def _write_log_and_plot(out: Path, state: dict) -> None:
-    from explainrec.io import atomic_write_jsonl
-
-    atomic_write_jsonl(out / "train_log.jsonl", state["history"] + [{"kind": "valid", **v} for v in state["valid"]])
-    if not state["history"]:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [r["step"] for r in state["history"]]
-    ax.plot(steps, [r["nll"] for r in state["history"]], label="train NLL")
-    if state["valid"] and "valid_nll" in state["valid"][0]:
-        ax.plot([v["step"] for v in state["valid"]], [v["valid_nll"] for v in state["valid"]], "o-", label="valid NLL")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("explanation NLL")
-    ax.set_title("GaVaMoE stage 2")
-    ax.legend()
-    fig.tight_layout()
-    tmp = out / ".loss_curves.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out / "loss_curves.png")

@@ -1,0 +1,185 @@
+"""The supervised explanation-training loop every LLM method shares (GaVaMoE stage 2, XRec).
+
+One function, written out: shuffled epochs (seeded per epoch), gradient accumulation and clipping through accelerate,
+a wall-clock / step budget, validation each epoch, an atomic checkpoint every N steps and at every stop, and a
+resume that continues the same run bit for bit (same batch order, RNG and optimizer state). The model's forward
+takes the batch dict (plus ``extra(batch)``) and returns an object with ``.loss`` and ``.parts`` (unweighted named
+losses, ``nll`` among them).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from explainrec.io import atomic_write_jsonl
+from explainrec.train.checkpoint import is_complete, load_checkpoint, save_checkpoint
+from explainrec.train.loop_utils import progress
+
+# Settings that may change between a run and its resume (a budget, not the run's identity).
+RESUMABLE_KEYS = ("max_minutes", "max_steps", "epochs")
+
+
+class LoopSettings(Protocol):
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    clip: float
+    max_minutes: float | None
+    max_steps: int | None
+    checkpoint_every: int
+    log_every: int
+    seed: int
+
+    def to_dict(self) -> dict: ...
+
+
+def make_accelerator(grad_accum: int):
+    """bf16 on a GPU that supports it, float32 otherwise (CPUs are ~100x slower in bf16)."""
+    from accelerate import Accelerator
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if bf16 else "no")
+
+
+def run_loop(
+    model: torch.nn.Module,
+    train_rows: list,
+    valid_rows: list,
+    collate_fn: Callable,
+    cfg: LoopSettings,
+    out: Path,
+    *,
+    acc,
+    extra: Callable[[dict, torch.Generator], dict] | None = None,
+    resume: bool = False,
+    progress_bar: bool = True,
+    echo=print,
+    tag: str = "train",
+) -> tuple[torch.nn.Module, dict]:
+    """Train ``model``'s trainable parameters; return ``(unwrapped model, state)``.
+
+    ``extra(batch, generator)`` adds per-batch inputs drawn from a checkpointed generator (e.g. negative items).
+    ``state`` holds ``step``, ``epoch``, ``seconds``, ``budget_hit``, ``history`` and ``valid``.
+    """
+    if not train_rows:
+        raise ValueError("no training examples")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = acc.prepare(model, optimizer)
+    raw = acc.unwrap_model(model)
+
+    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "seconds": 0.0, "budget_hit": False, "history": [], "valid": []}
+    ckpt_dir = out / "checkpoint"
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if resume and is_complete(ckpt_dir):
+        state = load_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, expected_config=cfg.to_dict(),
+                                ignore_config_keys=RESUMABLE_KEYS, generators={"extra": gen})
+        state["budget_hit"] = False
+        echo(f"[{tag}] resumed from {ckpt_dir}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}")
+
+    def checkpoint() -> None:
+        if acc.is_main_process:
+            save_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, state=state, config=cfg.to_dict(), generators={"extra": gen})
+
+    start = time.perf_counter() - state["seconds"]
+    while state["epoch"] < cfg.epochs and not state["budget_hit"]:
+        epoch = state["epoch"]
+        order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = acc.prepare(torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True,
+                                                         generator=order, collate_fn=collate_fn))
+        skip = state["batch_in_epoch"]
+        batches = acc.skip_first_batches(loader, skip) if skip else loader
+        model.train()
+        for batch in progress(batches, enabled=progress_bar, desc=f"{tag} epoch {epoch + 1}/{cfg.epochs}", total=len(loader) - skip):
+            inputs = {**batch, **(extra(batch, gen) if extra else {})}
+            with acc.accumulate(model):
+                out_ = model(**inputs)
+                acc.backward(out_.loss)
+                if acc.sync_gradients and cfg.clip > 0:
+                    acc.clip_grad_norm_(params, cfg.clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            state["batch_in_epoch"] += 1
+            if not acc.sync_gradients:
+                continue
+            state["step"] += 1
+            state["seconds"] = time.perf_counter() - start
+            if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+                row = {"step": state["step"], "epoch": epoch + state["batch_in_epoch"] / len(loader),
+                       "seconds": round(state["seconds"], 1), "loss": out_.loss.item(),
+                       **{k: v.item() for k, v in out_.parts.items()}}
+                state["history"].append(row)
+                echo(f"[{tag}] step {row['step']} loss {row['loss']:.4f} nll {row.get('nll', float('nan')):.4f} ({row['seconds']:.0f}s)")
+            if state["step"] % cfg.checkpoint_every == 0:
+                checkpoint()
+            over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
+            over_steps = cfg.max_steps is not None and state["step"] >= cfg.max_steps
+            if over_time or over_steps:
+                state["budget_hit"] = True
+                echo(f"[{tag}] budget reached after {state['step']} steps ({state['seconds'] / 60:.1f} min)")
+                break
+        if not state["budget_hit"]:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+        if valid_rows:
+            v = validation_loss(model, valid_rows, collate_fn, cfg.batch_size, acc)
+            state["valid"].append({"step": state["step"], "epoch": state["epoch"], **v})
+            echo(f"[{tag}] validation: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+        checkpoint()
+    if acc.is_main_process:
+        write_log_and_plot(out, state, title=tag)
+    return raw, state
+
+
+@torch.no_grad()
+def validation_loss(model, rows: list, collate_fn, batch_size: int, acc) -> dict[str, float]:
+    """Mean explanation NLL (and ELBO where the model has one) over the validation pairs, in eval mode."""
+    model.eval()
+    # its own generator: a DataLoader otherwise draws its base seed from the global RNG, and a resumed run would diverge
+    loader = acc.prepare(torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate_fn,
+                                                     generator=torch.Generator().manual_seed(0)))
+    sums: dict[str, float] = {}
+    n = 0
+    for batch in loader:
+        out = model(**batch)
+        size = batch["input_ids"].shape[0]
+        for k in ("nll", "elbo"):
+            if k in out.parts:
+                sums[k] = sums.get(k, 0.0) + out.parts[k].item() * size
+        n += size
+    model.train()
+    result = {f"valid_{k}": v / max(n, 1) for k, v in sums.items()}
+    if "nll" in sums:
+        result["valid_ppl"] = math.exp(min(result["valid_nll"], 50.0))
+    return result
+
+
+def write_log_and_plot(out: Path, state: dict, title: str) -> None:
+    """``train_log.jsonl`` and ``loss_curves.png`` (train and validation NLL per optimizer step)."""
+    atomic_write_jsonl(out / "train_log.jsonl", state["history"] + [{"kind": "valid", **v} for v in state["valid"]])
+    if not state["history"]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in state["history"]], [r.get("nll", r["loss"]) for r in state["history"]], label="train NLL")
+    if state["valid"] and "valid_nll" in state["valid"][0]:
+        ax.plot([v["step"] for v in state["valid"]], [v["valid_nll"] for v in state["valid"]], "o-", label="valid NLL")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("explanation NLL")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out / ".loss_curves.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out / "loss_curves.png")
