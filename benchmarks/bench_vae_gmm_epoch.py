@@ -9,7 +9,7 @@ Prints, for the stage-1 default model (E=64, D=32, 2 Transformer layers, 1 negat
     style like the reference's loader), timed over ``--baseline-steps`` steps and reported as interactions/s;
     the ratio is large-batch throughput / small-batch throughput;
   * test AUC after those two epochs (each test positive against one uniform item, sklearn roc_auc_score).
-Target: an epoch under 60 s on a 2-core CPU. The CPU may be shared (other jobs slow every figure alike,
+Target: an epoch under 60 s on a 2-core CPU (``--threads 1`` by default, see its help). The CPU may be shared (other jobs slow every figure alike,
 which is why the baseline runs in the same process).
 """
 from __future__ import annotations
@@ -49,8 +49,12 @@ def main() -> None:
     ap.add_argument("--baseline-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads. 1 by default: on a 2-core CPU shared with other jobs, a second "
+                         "thread mostly waits for a core (elementwise ops measured ~15x slower with 2 threads)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data, seed=args.seed)

@@ -17,7 +17,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 gavamoe_app = typer.Typer(help="GaVaMoE: VAE-GMM clusters (stage 1) + multi-gated MoE LLM (stage 2).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+xrec_app = typer.Typer(help="XRec: LightGCN embeddings + MoE adaptors injected into every LLM layer.", no_args_is_help=True)
 app.add_typer(gavamoe_app, name="gavamoe")
+app.add_typer(xrec_app, name="xrec")
 
 DATA_HELP = (
     "Dataset: 'synthetic' (built-in; 'synthetic:users=300,types=4' to change it), an XRec-style folder "
@@ -62,49 +64,89 @@ def data_stats(
 @_friendly_errors
 def explain(
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    method: str = typer.Option("zero-shot", "--method", help="Method when no trained --model is given: zero-shot."),
+    method: str = typer.Option("zero-shot", "--method", help="Method when no trained --model folder is given: zero-shot."),
     model: Optional[str] = typer.Option(
         None,
         "--model",
-        help="A trained run folder (from `explainrec gavamoe train`), or for zero-shot the LLM: "
-        "'smollm2-135m' (embedded default), a Hugging Face id or a local folder.",
+        help="A trained run folder (from `explainrec gavamoe train` or `explainrec xrec train`), or for zero-shot the "
+        "LLM: 'smollm2-135m' (embedded default), a Hugging Face id or a local folder.",
     ),
+    user: Optional[str] = typer.Option(None, "--user", help="Explain one pair: the raw user id (with --item and a trained --model)."),
+    item: Optional[str] = typer.Option(None, "--item", help="Explain one pair: the raw item id."),
     split: str = typer.Option("test", "--split", help="Which split of --data to explain: train, valid or test."),
     out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Explain only the first N pairs of the split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts generated together (left-padded, KV-cached)."),
     max_new_tokens: int = typer.Option(60, "--max-new-tokens", help="Longest explanation, in tokens."),
-    do_sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    do_sample: bool = typer.Option(False, "--sample", help="Sample (nucleus) instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --sample)."),
     num_beams: int = typer.Option(1, "--num-beams", help="Beam search width (1 = no beam search)."),
     seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
-    """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`)."""
+    """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`), or for one pair."""
+    generation = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                      top_p=top_p, num_beams=num_beams, seed=seed)
+    run_dir = Path(model) if model and Path(model).is_dir() else None
+    kind = _run_kind(run_dir) if run_dir else None
+    if user is not None or item is not None:
+        if user is None or item is None or kind is None:
+            raise typer.BadParameter("--user and --item go together, with a trained run folder as --model")
+        typer.echo(json.dumps(_explain_one(kind, run_dir, user, item, generation), indent=2, ensure_ascii=False))
+        return
     if data is None:
         raise typer.BadParameter("--data is required", param_hint="--data")
-    if method != "zero-shot":
-        raise typer.BadParameter(f"unknown method {method!r}; available: zero-shot", param_hint="--method")
-    from explainrec.methods.zero_shot import recipe
+    from explainrec.data import load_dataset
 
-    stats = recipe.run(
-        data,
-        split=split,
-        out=out,
-        limit=limit,
-        model_name=model or "smollm2-135m",
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        num_beams=num_beams,
-        seed=seed,
-        trust_pickle=trust_pickle,
-    )
-    typer.echo(f"wrote {out}")
-    typer.echo(_format_throughput(stats))
+    ds = load_dataset(data, trust_pickle=trust_pickle)
+    if kind == "gavamoe":
+        from explainrec.methods.gavamoe.explain import explain_split
+    elif kind == "xrec":
+        from explainrec.methods.xrec.recipe import explain_split
+    elif method == "zero-shot":
+        from explainrec.methods.zero_shot import recipe
+
+        stats = recipe.run(ds, split=split, out=out, limit=limit, model_name=model or "smollm2-135m", **generation)
+        typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
+        return
+    else:
+        raise typer.BadParameter(f"unknown method {method!r}; available: zero-shot (or a trained --model folder)")
+    _, stats = explain_split(run_dir, ds, split, limit=limit, out=out, **generation)
+    typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
+
+
+def _run_kind(run_dir: Path) -> str:
+    for kind, marker in (("gavamoe", "gavamoe.json"), ("xrec", "xrec.json")):
+        if (run_dir / marker).exists() or (run_dir / "model" / marker).exists():
+            return kind
+    from explainrec.data.schema import DataError
+
+    raise DataError(f"{run_dir}: not a trained model folder (no model/gavamoe.json or model/xrec.json)")
+
+
+def _explain_one(kind: str, run_dir: Path, user: str, item: str, generation: dict) -> dict:
+    """One pair from raw ids alone (no dataset): the prompt holds the soft tokens and nothing else."""
+    from explainrec.data.schema import Example
+
+    ex = Example(user=-1, item=-1, split="test")
+    if kind == "gavamoe":
+        from explainrec.methods.gavamoe.explain import explain_pairs
+        from explainrec.methods.gavamoe.persist import load
+
+        m, tok, users, items, _ = load(run_dir)
+        row = explain_pairs(m, tok, [ex], [user], [item], users, items, progress=False, **generation)[0]
+    else:
+        from explainrec.data import Dataset, IdMap, Interactions
+        import numpy as np
+
+        from explainrec.methods.xrec.recipe import explain_split
+
+        ds = Dataset("one", Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, "<U5")),
+                     [Example(user=0, item=0, split="test")], IdMap([user]), IdMap([item]))
+        row = explain_split(run_dir, ds, "test", progress=False, **generation)[0][0]
+    row.pop("reference", None)
+    return row
 
 
 def _format_throughput(stats) -> str:
@@ -243,6 +285,36 @@ def gavamoe_train(
         moe=MoEConfig(variant=variant, n_experts=experts, top_k=top_k, granularity=granularity, init=init),
         stage1={"epochs": stage1_epochs},
     )
+    summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
+@xrec_app.command("train")
+@_friendly_errors
+def xrec_train(
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder; LightGCN is trained first unless OUT/lightgcn exists."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Base LLM (frozen): embedded default, HF id (paper: meta-llama/Llama-2-7b-chat-hf), local folder, or 'tiny'."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of the adaptors."),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over the training explanations."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per forward pass."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; saves and stops when reached."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank on q/v through peft (0 = LLM fully frozen, as XRec)."),
+    gcn_epochs: int = typer.Option(30, "--gcn-epochs", help="LightGCN epochs."),
+    gcn_dim: int = typer.Option(64, "--gcn-dim", help="LightGCN embedding size (XRec: 64)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """Train XRec (LightGCN, then the MoE adaptors injected into every layer of a frozen LLM); save to OUT/model."""
+    from explainrec.data import load_dataset
+    from explainrec.methods.xrec.recipe import XRecConfig, train
+
+    cfg = XRecConfig(model=model, lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                     max_minutes=max_minutes, max_steps=max_steps, lora_r=lora_r, seed=seed,
+                     lightgcn={"epochs": gcn_epochs, "dim": gcn_dim})
     summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 

@@ -44,3 +44,31 @@ def collate(encoded: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[b, :n] = torch.tensor(e.labels)
         mask[b, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def encode_examples(examples, tokenizer, prompt_fn, *, max_prompt_tokens: int = 384, max_target_tokens: int = 96) -> list[dict]:
+    """Examples -> rows of token ids (labels on the explanation only) plus each pair's user, item and rating.
+
+    ``prompt_fn(example) -> chat messages`` is the method's prompt; it is rendered through the chat template.
+    """
+    from explainrec.data.prompts import render_prompt
+
+    rows = []
+    for ex in examples:
+        enc = encode_pair(tokenizer, render_prompt(tokenizer, prompt_fn(ex)), ex.explanation,
+                          max_prompt_tokens=max_prompt_tokens, max_target_tokens=max_target_tokens)
+        rows.append({"enc": enc, "user": ex.user, "item": ex.item, "rating": float("nan") if ex.rating is None else ex.rating})
+    return rows
+
+
+def make_collate(pad_id: int):
+    """Collate function for rows of :func:`encode_examples`: token tensors plus ``user``, ``item``, ``target``."""
+
+    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate([r["enc"] for r in rows], pad_id)
+        batch["user"] = torch.tensor([r["user"] for r in rows], dtype=torch.long)
+        batch["item"] = torch.tensor([r["item"] for r in rows], dtype=torch.long)
+        batch["target"] = torch.tensor([r["rating"] for r in rows], dtype=torch.float32)
+        return batch
+
+    return fn

@@ -190,9 +190,10 @@ def test_constructor_validates_and_exposes_config():
 
 # ---------------------------------------------------------------------------------------------- recipe
 
-# Small but complete: 300 users, 4 types. E=16, 1 layer and a high learning rate keep it to a few seconds.
-FAST = dict(epochs=4, pretrain_epochs=15, batch_size=256, lr=1e-2, embed_dim=16, latent_dim=8, n_layers=1,
-            dropout=0.0, plot_method="pca", progress=False, seed=0)
+# Small but complete: 300 users, 4 types, the generator's defaults. E=16 and 1 layer keep it to seconds.
+# Seeds 0-5 of this config gave NMI 0.985, 0.91, 0.93, 0.95, 0.96, 0.74 (seed 5: the GMM init merged two types).
+FAST = dict(epochs=4, pretrain_epochs=25, batch_size=256, lr=5e-3, embed_dim=16, latent_dim=8, n_layers=1,
+            plot_method="pca", progress=False, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +242,7 @@ def test_outputs_written(fitted, synthetic):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["n_clusters"] == 4 and cfg["model"]["likelihood"] == "gaussian"
     assert cfg["training"]["batch_size"] == 256
-    assert [h["phase"] for h in fitted.history].count("pretrain") == 15
+    assert [h["phase"] for h in fitted.history].count("pretrain") == 25
 
 
 def test_plots_are_nonempty_pngs(fitted):

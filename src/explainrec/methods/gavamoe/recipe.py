@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from explainrec.data.collate import collate, encode_pair
+from explainrec.data.collate import encode_examples as encode_rows
+from explainrec.data.collate import make_collate
 from explainrec.data.schema import Dataset, Example
 from explainrec.io import atomic_write_json
 from explainrec.methods.gavamoe.modeling import GaVaMoE, MoEConfig
@@ -118,28 +119,9 @@ def build_model(cfg: TrainConfig, dataset: Dataset, vae, *, llm=None, tokenizer=
 
 
 def encode_examples(examples: list[Example], tokenizer, cfg: TrainConfig) -> list[dict]:
-    """Examples -> token ids with labels on the explanation only, plus the routing data of each pair."""
-    from explainrec.data.prompts import render_prompt
-
-    out = []
-    for ex in examples:
-        enc = encode_pair(
-            tokenizer, render_prompt(tokenizer, gavamoe_prompt(ex)), ex.explanation,
-            max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens,
-        )
-        out.append({"enc": enc, "user": ex.user, "item": ex.item, "rating": ex.rating if ex.rating is not None else float("nan")})
-    return out
-
-
-def make_collate(pad_id: int):
-    def fn(rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = collate([r["enc"] for r in rows], pad_id)
-        batch["user"] = torch.tensor([r["user"] for r in rows], dtype=torch.long)
-        batch["item"] = torch.tensor([r["item"] for r in rows], dtype=torch.long)
-        batch["target"] = torch.tensor([r["rating"] for r in rows], dtype=torch.float32)
-        return batch
-
-    return fn
+    """Examples -> token rows with GaVaMoE's prompt (soft tokens included)."""
+    return encode_rows(examples, tokenizer, gavamoe_prompt, max_prompt_tokens=cfg.max_prompt_tokens,
+                       max_target_tokens=cfg.max_target_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------- train

@@ -70,7 +70,7 @@ class Stage1Config:
     latent_dim: int = 32
     n_heads: int = 4
     n_layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
     unknown_prob: float = 0.05
     rating_weight: float = 0.3
     patience: int = 5  # ELBO epochs without a better validation loss before stopping
@@ -199,7 +199,7 @@ def fit_clusters(
     latent_dim: int = 32,
     n_heads: int = 4,
     n_layers: int = 2,
-    dropout: float = 0.1,
+    dropout: float = 0.0,
     unknown_prob: float = 0.05,
     rating_weight: float = 0.3,
     patience: int = 5,
