@@ -15,6 +15,7 @@ which is why the baseline runs in the same process).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/xrec/go
 
 def _throughput(model, optimizer, data, cfg, steps: int, gen: torch.Generator) -> float:
     """Interactions/s of ``steps`` ELBO steps at ``cfg.batch_size`` (same code path as an epoch)."""
-    sub = stage1._TrainData(**{**data.__dict__})
+    sub = stage1._TrainData(**data.__dict__)
     n = min(steps * cfg.batch_size, data.train_user.shape[0])
     sub.train_user, sub.train_item = data.train_user[:n], data.train_item[:n]
     sub.train_rating = None if data.train_rating is None else data.train_rating[:n]
@@ -107,7 +108,7 @@ def main() -> None:
     print(f"test AUC after 1 pretrain + 1 ELBO epoch: {auc:.4f} ({len(test)} positives vs as many uniform "
           f"negatives; scored in {time.perf_counter() - t:.1f}s)")
 
-    small = stage1.Stage1Config(**{**cfg.__dict__, "batch_size": args.baseline_batch_size, "progress": False})
+    small = dataclasses.replace(cfg, batch_size=args.baseline_batch_size, progress=False)
     base = _throughput(model, optimizer, data, small, args.baseline_steps, gen)
     print(f"baseline: batch {small.batch_size}, {args.baseline_steps} steps: {base:,.0f} interactions/s "
           f"(an epoch would take ~{n_train / base:.0f}s)")

@@ -5,8 +5,8 @@ matplotlib runs on the non-interactive Agg backend, so plots work on servers and
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

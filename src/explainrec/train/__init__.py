@@ -1,13 +1,18 @@
 """Training helpers shared by every recipe: atomic checkpoints and small loop utilities."""
-from explainrec.train.checkpoint import CheckpointError, load_checkpoint, load_extra_tensors, save_checkpoint
+from explainrec.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_extra_tensors,
+    save_checkpoint,
+)
 from explainrec.train.loop_utils import progress, resolve_device, seed_everything
 
 __all__ = [
     "CheckpointError",
     "load_checkpoint",
     "load_extra_tensors",
-    "save_checkpoint",
     "progress",
     "resolve_device",
+    "save_checkpoint",
     "seed_everything",
 ]

@@ -18,8 +18,9 @@ can only fail, not execute code. Every failure raises :class:`CheckpointError` n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError

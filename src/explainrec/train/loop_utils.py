@@ -5,7 +5,8 @@ Functions, not a base Trainer: a recipe writes its own loop and calls these wher
 from __future__ import annotations
 
 import random
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch

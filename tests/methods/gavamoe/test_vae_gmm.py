@@ -11,7 +11,12 @@ from torch.distributions import Normal, kl_divergence
 
 from explainrec.data import make_synthetic
 from explainrec.data.schema import DataError, Dataset, Example, IdMap, Interactions
-from explainrec.methods.gavamoe.stage1 import Stage1Model, fit_clusters, load_stage1, read_clusters
+from explainrec.methods.gavamoe.stage1 import (
+    Stage1Model,
+    fit_clusters,
+    load_stage1,
+    read_clusters,
+)
 from explainrec.methods.gavamoe.vae_gmm import InteractionSampler, VaeGmm
 from explainrec.train.checkpoint import CheckpointError
 
@@ -192,8 +197,8 @@ def test_constructor_validates_and_exposes_config():
 
 # Small but complete: 300 users, 4 types, the generator's defaults. E=16 and 1 layer keep it to seconds.
 # Seeds 0-5 of this config gave NMI 0.985, 0.91, 0.93, 0.95, 0.96, 0.74 (seed 5: the GMM init merged two types).
-FAST = dict(epochs=4, pretrain_epochs=25, batch_size=256, lr=5e-3, embed_dim=16, latent_dim=8, n_layers=1,
-            plot_method="pca", progress=False, seed=0)
+FAST = {"epochs": 4, "pretrain_epochs": 25, "batch_size": 256, "lr": 5e-3, "embed_dim": 16, "latent_dim": 8,
+        "n_layers": 1, "plot_method": "pca", "progress": False, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -280,8 +285,8 @@ def test_load_stage1_errors_name_the_file(fitted, tmp_path):
         load_stage1(broken)
 
 
-TINY = dict(pretrain_epochs=2, batch_size=64, lr=5e-3, embed_dim=8, latent_dim=4, n_heads=2, n_layers=1,
-            plot_method="none", progress=False, seed=3)
+TINY = {"pretrain_epochs": 2, "batch_size": 64, "lr": 5e-3, "embed_dim": 8, "latent_dim": 4, "n_heads": 2,
+        "n_layers": 1, "plot_method": "none", "progress": False, "seed": 3}
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +336,15 @@ def test_categorical_likelihood_runs(small, tmp_path):
     res = fit_clusters(small, 2, tmp_path / "cat", likelihood="categorical", epochs=1, **TINY)
     assert res.model.n_rating_levels == 5 and res.model.rating_range == (1.0, 5.0)
     assert np.isfinite(res.metrics["test_rmse"])
+
+
+def test_rating_only_reconstruction_is_available(small, tmp_path):
+    """The paper's objective (ratings only) stays selectable, e.g. for ablations."""
+    res = fit_clusters(small, 2, tmp_path / "ratings", reconstruct_items=False, epochs=1, **TINY)
+    assert res.model.rating_weight == 1.0 and np.isfinite(res.metrics["test_rmse"])
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    with pytest.raises(ValueError, match="nothing to reconstruct"):
+        fit_clusters(_implicit(small), 2, tmp_path / "bad", reconstruct_items=False, epochs=1, **TINY)
 
 
 def test_small_cluster_rule():

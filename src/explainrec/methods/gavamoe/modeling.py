@@ -138,10 +138,12 @@ class GaVaMoE(nn.Module):
         user: torch.Tensor,
         item: torch.Tensor,
         target: torch.Tensor | None = None,
-        neg_item: torch.Tensor | None = None,
+        context_items: torch.Tensor | None = None,
+        negative_items: torch.Tensor | None = None,
     ) -> GaVaMoEOutput:
-        """Eq. 13. ``target`` is the rating (explicit) or None (implicit: observed pairs are 1 and ``neg_item``,
-        sampled by the caller, are 0)."""
+        """Eq. 13. ``target`` is the rating (ignored for implicit feedback); ``context_items`` (B,) and
+        ``negative_items`` (B, N), drawn by the caller with :class:`~explainrec.methods.gavamoe.vae_gmm.InteractionSampler`,
+        add the interaction-vector term of eq. 7 that stage 1 also trains on."""
         clusters = self.clusters(user, item)
         with routing(clusters, token_mask=attention_mask, collect_aux=True) as ctx:
             out = self.llm(inputs_embeds=self.embed(input_ids, user, item), attention_mask=attention_mask, labels=labels)
@@ -149,7 +151,8 @@ class GaVaMoE(nn.Module):
         parts = {"nll": out.loss}
         loss = (1.0 - self.alpha) * out.loss
         if self.alpha > 0:
-            elbo = self._elbo(user, item, target, neg_item)
+            rating = None if self.vae.likelihood == "bernoulli" or target is None or target.isnan().any() else target.float()
+            elbo = self.vae.elbo(user, item, rating, self.beta, context_items=context_items, negative_items=negative_items)
             parts.update(elbo=elbo.loss, recon=elbo.recon, kl=elbo.kl)
             loss = loss + self.alpha * elbo.loss
         for name, coef in (("load_balance", self.load_balance_coef), ("router_z", self.router_z_coef)):
@@ -158,20 +161,6 @@ class GaVaMoE(nn.Module):
                 if coef > 0:
                     loss = loss + coef * aux[name]
         return GaVaMoEOutput(loss=loss, parts={k: v.detach() for k, v in parts.items()}, clusters=clusters)
-
-    def _elbo(self, user, item, target, neg_item):
-        if self.vae.likelihood == "bernoulli":
-            ones = torch.ones_like(user, dtype=torch.float32)
-            if neg_item is None:
-                return self.vae.elbo(user, item, ones, self.beta)
-            users = torch.cat([user, user])
-            items = torch.cat([item, neg_item])
-            targets = torch.cat([ones, torch.zeros_like(ones)])
-            kl_mask = torch.cat([ones, torch.zeros_like(ones)])  # negatives train the decoder, not the mixture
-            return self.vae.elbo(users, items, targets, self.beta, kl_mask=kl_mask)
-        if target is None:
-            raise ValueError("explicit-rating GaVaMoE needs the rating of each pair (target)")
-        return self.vae.elbo(user, item, target.float(), self.beta)
 
     # ------------------------------------------------------------------ set-up
 

@@ -26,6 +26,7 @@ from explainrec.data.schema import Dataset, Example
 from explainrec.io import atomic_write_json
 from explainrec.methods.gavamoe.modeling import GaVaMoE, MoEConfig
 from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+from explainrec.methods.gavamoe.vae_gmm import InteractionSampler
 from explainrec.train.loop import make_accelerator, run_loop
 from explainrec.train.loop_utils import seed_everything
 
@@ -169,11 +170,13 @@ def train(
 
     train_rows = encode_examples(dataset.split_examples("train"), tokenizer, cfg)
     valid_rows = encode_examples(dataset.split_examples("valid"), tokenizer, cfg)
-    n_items = dataset.n_items
+    graph = dataset.interactions.of_split("train")
+    sampler = InteractionSampler(graph.user, graph.item, dataset.n_users, dataset.n_items)
 
     def negatives(batch: dict, gen: torch.Generator) -> dict:
-        """Implicit feedback: one uniformly sampled item per pair for the Bernoulli ELBO (eq. 7)."""
-        return {"neg_item": torch.randint(0, n_items, batch["user"].shape, generator=gen).to(batch["user"].device)}
+        """The interaction-vector targets of eq. 7 for the joint ELBO, as in stage 1."""
+        context, negative = sampler.sample(batch["user"], batch["item"], 1, gen)
+        return {"context_items": context, "negative_items": negative}
 
     raw, state = run_loop(model, train_rows, valid_rows, make_collate(tokenizer.pad_token_id), cfg, out, acc=acc,
                           extra=negatives, resume=resume, progress_bar=progress_bar, echo=echo, tag="gavamoe")

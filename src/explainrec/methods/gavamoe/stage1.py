@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from explainrec.data.schema import DataError, Dataset, IdMap, load_id_maps
-from explainrec.io import atomic_write_json, atomic_write_text
+from explainrec.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from explainrec.methods.gavamoe.gmm_init import init_prior_from_latents
 from explainrec.methods.gavamoe.vae_gmm import InteractionSampler, VaeGmm
 from explainrec.train.checkpoint import (
@@ -66,6 +66,7 @@ class Stage1Config:
     beta: float = 0.1  # KL weight (paper: 0.1)
     likelihood: str | None = None  # None: bernoulli for implicit data, gaussian for ratings
     n_negatives: int = 1  # uniform negative items per pair for the interaction vector (eq. 7)
+    reconstruct_items: bool = True  # False: the paper's rating-only reconstruction (explicit data only)
     embed_dim: int = 64
     latent_dim: int = 32
     n_heads: int = 4
@@ -115,20 +116,18 @@ class Stage1Model:
         self.training = dict(training or {})
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        """Write the three files (each atomically) into ``path``, which may hold other run outputs."""
+        from safetensors.torch import save
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        buf = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tmp = path / f".{WEIGHTS_FILE}.tmp"
-        save_file(buf, str(tmp))
-        tmp.replace(path / WEIGHTS_FILE)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write_bytes(path / WEIGHTS_FILE, save(tensors))
         atomic_write_json(path / CONFIG_FILE, {"model": self.model.config, "training": self.training})
         atomic_write_json(path / ID_MAPS_FILE, {"users": self.users.raw, "items": self.items.raw})
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = "cpu") -> "Stage1Model":
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = "cpu") -> Stage1Model:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -195,6 +194,7 @@ def fit_clusters(
     beta: float = 0.1,
     likelihood: str | None = None,
     n_negatives: int = 1,
+    reconstruct_items: bool = True,
     embed_dim: int = 64,
     latent_dim: int = 32,
     n_heads: int = 4,
@@ -218,14 +218,16 @@ def fit_clusters(
     Defaults (all plain keyword arguments, see :class:`Stage1Config` for one line on each): ``epochs=30``
     ELBO epochs at most, ``pretrain_epochs=10``, ``batch_size=4096`` positive pairs, ``lr=2e-3`` AdamW,
     ``beta=0.1``, ``embed_dim=64`` (paper 768), ``latent_dim=32`` (paper 128), ``likelihood=None`` (from the
-    data), ``n_negatives=1``, ``patience=5``, ``seed=0``, ``plot_method="tsne"`` ("pca" is fast),
+    data), ``n_negatives=1``, ``reconstruct_items=True`` (False: ratings only, as in the paper; clusters
+    then follow rating levels rather than users -- see vae_gmm.py), ``patience=5``, ``seed=0``, ``plot_method="tsne"`` ("pca" is fast),
     ``progress=True`` (tqdm bars). ``resume=True`` continues from ``out_dir/checkpoint`` when present (same
     epoch counter, optimizer and RNG states: the result equals an uninterrupted run); the saved config must
     match except for ``epochs``, ``patience`` and display settings.
     """
     cfg = Stage1Config(
         n_clusters=n_clusters, epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, beta=beta, likelihood=likelihood, n_negatives=n_negatives, embed_dim=embed_dim,
+        weight_decay=weight_decay, beta=beta, likelihood=likelihood, n_negatives=n_negatives,
+        reconstruct_items=reconstruct_items, embed_dim=embed_dim,
         latent_dim=latent_dim, n_heads=n_heads, n_layers=n_layers, dropout=dropout, unknown_prob=unknown_prob,
         rating_weight=rating_weight, patience=patience, grad_clip=grad_clip, seed=seed, plot_method=plot_method,
         plot_per_cluster=plot_per_cluster, small_cluster_fraction=small_cluster_fraction, device=device,
@@ -249,12 +251,14 @@ def run(dataset: Dataset, out_dir: str | Path, cfg: Stage1Config, *, resume: boo
         dataset.n_users, dataset.n_items, n_clusters=cfg.n_clusters, likelihood=data.likelihood,
         n_rating_levels=data.n_levels, rating_range=data.rating_range, embed_dim=cfg.embed_dim,
         latent_dim=cfg.latent_dim, n_heads=cfg.n_heads, n_layers=cfg.n_layers, dropout=cfg.dropout,
-        unknown_prob=cfg.unknown_prob, rating_weight=cfg.rating_weight,
+        unknown_prob=cfg.unknown_prob,
+        # the rating weight balances ratings against the interaction vector; alone, ratings keep weight 1
+        rating_weight=cfg.rating_weight if cfg.reconstruct_items else 1.0,
     ).to(dev)
     model.set_known(data.user_known, data.item_known)
     optimizer = _make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and sampling; saved in checkpoints
-    run_config = {"model": model.config, "training": _training_dict(cfg),
+    run_config = {"model": model.config, "training": asdict(cfg),
                   "data": {"name": dataset.name, "n_train": int(data.train_user.shape[0])}}
     ckpt = out / CHECKPOINT_DIR
     state = {"epoch": 0, "gmm_initialized": False, "best_valid": None, "best_epoch": None, "bad_epochs": 0,
@@ -310,7 +314,7 @@ def run(dataset: Dataset, out_dir: str | Path, cfg: Stage1Config, *, resume: boo
     model.eval()
 
     # ------------------------------------------------------------------ save
-    s1 = Stage1Model(model, dataset.users, dataset.items, training=_training_dict(cfg))
+    s1 = Stage1Model(model, dataset.users, dataset.items, training=asdict(cfg))
     s1.save_pretrained(out)
     metrics = _evaluate_and_write(model, dataset, data, cfg, out, state)
     metrics["seconds_total"] = time.perf_counter() - t_start
@@ -343,7 +347,7 @@ class _TrainData:
     sampler: InteractionSampler
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, cfg: Stage1Config, dev: torch.device) -> "_TrainData":
+    def from_dataset(cls, ds: Dataset, cfg: Stage1Config, dev: torch.device) -> _TrainData:
         inter = ds.interactions
         where = f"dataset {ds.name!r} interactions"
         if len(inter) == 0:
@@ -361,6 +365,8 @@ class _TrainData:
         likelihood = cfg.likelihood or ("bernoulli" if ds.implicit else "gaussian")
         if likelihood != "bernoulli" and ds.implicit:
             raise DataError(f"{where}: likelihood {likelihood!r} needs ratings, but the data is implicit feedback")
+        if likelihood == "bernoulli" and not cfg.reconstruct_items:
+            raise ValueError("reconstruct_items=False leaves a bernoulli (implicit) model nothing to reconstruct")
         n_levels, rating_range = 5, (1.0, 5.0)
         if likelihood != "bernoulli":
             r = np.asarray(train.rating, dtype=np.float64)
@@ -403,10 +409,6 @@ def _check_config(cfg: Stage1Config) -> None:
         raise ValueError(f"plot_method must be 'tsne', 'pca' or 'none', got {cfg.plot_method!r}")
 
 
-def _training_dict(cfg: Stage1Config) -> dict:
-    return {k: v for k, v in asdict(cfg).items()}
-
-
 def _make_optimizer(model: VaeGmm, cfg: Stage1Config) -> torch.optim.Optimizer:
     """AdamW with weight decay on Linear weights only: decaying embeddings would shrink rarely seen rows every
     step, and the prior's parameters are distribution parameters, not weights."""
@@ -415,7 +417,7 @@ def _make_optimizer(model: VaeGmm, cfg: Stage1Config) -> torch.optim.Optimizer:
     for p in model.parameters():
         (decay if id(p) in linear_weights else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
 
 
 def _train_epoch(model: VaeGmm, optimizer, data: _TrainData, cfg: Stage1Config, phase: str,
@@ -431,8 +433,11 @@ def _train_epoch(model: VaeGmm, optimizer, data: _TrainData, cfg: Stage1Config, 
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         user, item = data.train_user[idx], data.train_item[idx]
         context, negatives = data.sampler.sample(user, item, cfg.n_negatives, generator=gen)
+        if not cfg.reconstruct_items:
+            context = negatives = None
         rating = None if data.train_rating is None else data.train_rating[idx].to(dev)
-        user, item, context, negatives = user.to(dev), item.to(dev), context.to(dev), negatives.to(dev)
+        user, item = user.to(dev), item.to(dev)
+        context, negatives = _to(context, dev), _to(negatives, dev)
         if phase == "pretrain":
             loss = model.pretrain_loss(user, item, rating, context_items=context, negative_items=negatives)
             parts = {"loss": loss, "recon": loss}
@@ -450,7 +455,7 @@ def _train_epoch(model: VaeGmm, optimizer, data: _TrainData, cfg: Stage1Config, 
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * idx.shape[0]
         if cfg.progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     return {k: v / n for k, v in sums.items()}
 
 
@@ -467,6 +472,8 @@ def _valid_loss(model: VaeGmm, data: _TrainData, cfg: Stage1Config, phase: str) 
             sl = slice(s, s + cfg.eval_batch_size)
             user, item = data.valid_user[sl].to(dev), data.valid_item[sl].to(dev)
             ctx, neg = data.valid_context[sl].to(dev), data.valid_negatives[sl].to(dev)
+            if not cfg.reconstruct_items:
+                ctx = neg = None
             rating = None if data.valid_rating is None else data.valid_rating[sl].to(dev)
             if phase == "pretrain":
                 loss = model.pretrain_loss(user, item, rating, context_items=ctx, negative_items=neg)
@@ -477,6 +484,10 @@ def _valid_loss(model: VaeGmm, data: _TrainData, cfg: Stage1Config, phase: str) 
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * user.shape[0]
     return {k: v / n for k, v in sums.items()}
+
+
+def _to(t: torch.Tensor | None, dev: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(dev)
 
 
 @torch.no_grad()
@@ -514,7 +525,13 @@ def _evaluate_and_write(model: VaeGmm, ds: Dataset, data: _TrainData, cfg: Stage
     """Clusters of every interaction and example -> clusters.csv; metrics; plots."""
     from sklearn.metrics import roc_auc_score
 
-    from explainrec.analysis.latent import cluster_agreement, cluster_sizes, plot_latent, plot_loss_curves, small_clusters
+    from explainrec.analysis.latent import (
+        cluster_agreement,
+        cluster_sizes,
+        plot_latent,
+        plot_loss_curves,
+        small_clusters,
+    )
 
     inter = ds.interactions
     i_user = torch.as_tensor(inter.user, dtype=torch.long)
@@ -598,5 +615,15 @@ def read_clusters(path: str | Path) -> list[dict]:
         return [{**r, "index": int(r["index"]), "cluster": int(r["cluster"])} for r in csv.DictReader(f)]
 
 
-__all__ = ["Stage1Config", "Stage1Model", "Stage1Result", "assign_batched", "fit_clusters", "latent_means",
-           "load_stage1", "read_clusters", "run", "CheckpointError"]
+__all__ = [
+    "CheckpointError",
+    "Stage1Config",
+    "Stage1Model",
+    "Stage1Result",
+    "assign_batched",
+    "fit_clusters",
+    "latent_means",
+    "load_stage1",
+    "read_clusters",
+    "run",
+]

@@ -21,11 +21,11 @@ What p(x|z) reconstructs. The paper decodes the rating (eq. 3) and names p(x|z) 
 
 Why both: a rating is explained by whether the user's taste matches the item, so a latent that only
 reconstructs ratings needs to hold little more than that match, and its mixture components follow rating
-levels, not users (measured on the synthetic data, where every user type rates the same way: NMI of
-pair clusters vs. user types about 0.0-0.05 with ratings alone, about 0.9-0.99 with the interaction vector;
-see stage1.py). The items a user picks are what tells users apart. ``rating_weight`` (0.3) scales the
-rating term against it: at 1.0 the latent again splits by rating level (NMI 0.43-0.67 on the same data),
-while the rating error was no worse at 0.3.
+levels, not users. Measured on ``make_synthetic(n_users=1000)`` with K=4 (every user type rates alike):
+ratings alone gave NMI(pair cluster, user type) 0.04, test RMSE 0.83, one cluster empty; ratings plus the
+interaction vector gave NMI 0.99, RMSE 0.60. The items a user picks are what tells users apart.
+``rating_weight`` (0.3) scales the rating term against the interaction vector: at 1.0 the latent splits by
+rating level again (NMI 0.43-0.67 in prototype runs on 300 users), and the rating error was no worse at 0.3.
 
 Cold start: each embedding table has one extra "unknown" row (index ``n_users`` / ``n_items``). Ids that are
 negative, out of range, or marked unseen in ``user_known``/``item_known`` (set by the recipe from the train
@@ -40,8 +40,9 @@ mean of q(z|x) by default (deterministic) and use log pi_c, not pi_c, next to lo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -128,12 +129,12 @@ class VaeGmm(nn.Module):
         hidden = decoder_hidden or embed_dim
         ff_dim = ff_dim or 4 * embed_dim
         # Everything needed to rebuild the module: saved as config.json next to the weights.
-        self.config = dict(
-            n_users=n_users, n_items=n_items, n_clusters=n_clusters, likelihood=likelihood,
-            n_rating_levels=n_rating_levels, rating_range=[lo, hi], embed_dim=embed_dim, latent_dim=latent_dim,
-            n_heads=n_heads, n_layers=n_layers, ff_dim=ff_dim, decoder_hidden=hidden, dropout=dropout,
-            unknown_prob=unknown_prob, rating_weight=rating_weight,
-        )
+        self.config = {
+            "n_users": n_users, "n_items": n_items, "n_clusters": n_clusters, "likelihood": likelihood,
+            "n_rating_levels": n_rating_levels, "rating_range": [lo, hi], "embed_dim": embed_dim,
+            "latent_dim": latent_dim, "n_heads": n_heads, "n_layers": n_layers, "ff_dim": ff_dim,
+            "decoder_hidden": hidden, "dropout": dropout, "unknown_prob": unknown_prob, "rating_weight": rating_weight,
+        }
         self.n_users, self.n_items, self.n_clusters = n_users, n_items, n_clusters
         self.likelihood = likelihood
         self.n_rating_levels = n_rating_levels
