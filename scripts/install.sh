@@ -13,7 +13,11 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
 
-pip() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+# This machine's pip configuration lists local indexes that may be absent; its "Location ... is ignored" lines are noise.
+pip() {
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+  return "${PIPESTATUS[0]}"
+}
 echo "[install] torch==2.13.0 (CPU wheel)"
 pip "torch==2.13.0"
 echo "[install] explainrec${extra} and its dependencies (torch pinned)"

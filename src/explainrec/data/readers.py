@@ -258,7 +258,7 @@ def _norm_features(value: Any, path: Path, line: int, field_name: str = "feature
     return tuple(p.strip() for p in parts if p.strip())
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line."""
     check_not_lfs(path)
     with _text_file(path) as f:
@@ -322,7 +322,7 @@ def read_xrec(folder: str | Path, *, seed: int = 0) -> Dataset:
     # explained pairs
     examples: list[Example] = []
     pair_split: dict[tuple[int, int], tuple[str, int]] = {}
-    for line, obj in _iter_jsonl(exp_path):
+    for line, obj in iter_jsonl(exp_path):
         for name in XREC_FIELDS:
             if name not in obj:
                 raise DataError(f"{where(exp_path, line, name)}: missing field '{name}'")
@@ -561,7 +561,7 @@ def _read_peter_indices(index_folder: Path, n_rows: int) -> dict[int, str]:
 def _table_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, row dict) for a .csv (header line required) or a .jsonl file; checks user/item exist."""
     if path.suffix.lower() == ".jsonl":
-        for line, obj in _iter_jsonl(path):
+        for line, obj in iter_jsonl(path):
             row = {str(k).strip().lower(): v for k, v in obj.items()}
             for name in ("user", "item"):
                 if name not in row:

@@ -6,7 +6,6 @@ all alike. Keys are normalised so that files written by older scripts (``pred``/
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -85,17 +84,10 @@ def load_predictions(path: str | Path) -> list[dict]:
     Each row gets ``prediction`` and ``reference`` (from any accepted alias) plus whichever optional
     fields it carries: ``user``, ``item``, ``features``, ``bucket`` (ds1/ds2/ds3), ``cluster``, ``method``.
     """
+    from explainrec.data.readers import iter_jsonl
+
     path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where(path, line_no)}: broken JSON ({e.msg} at column {e.colno})") from None
-            rows.append(check_row(obj, path, line_no))
+    rows = [check_row(obj, path, line_no) for line_no, obj in iter_jsonl(path)]
     if not rows:
         raise DataError(f"{where(path)}: empty prediction file")
     return rows

@@ -53,7 +53,7 @@ def naive_moe(moe: MultiGatedMoE, x: torch.Tensor, cluster_ids: torch.Tensor) ->
     return out
 
 
-@pytest.mark.parametrize("dispatch", ["loop", "grouped"])
+@pytest.mark.parametrize("dispatch", ["loop", "grouped", "dense"])
 def test_all_active_partitioned_experts_equal_dense_ffn(dispatch):
     mlp = dense_mlp()
     moe = MultiGatedMoE.from_dense(mlp, n_experts=4, top_k=4, n_gates=3, expert_size=I // 4, router_init_std=0.0,
@@ -107,21 +107,22 @@ def test_forward_matches_token_by_token_equations():
     torch.testing.assert_close(got, naive_moe(moe, x, ids), atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_and_loop_dispatch_agree_in_values_and_gradients():
+def test_grouped_loop_and_dense_dispatch_agree_in_values_and_gradients():
     torch.manual_seed(2)
     moe = MultiGatedMoE(H, 16, n_experts=5, top_k=2, n_gates=2, router_init_std=0.3, expert_init_std=0.2)
     x = torch.randn(4, 6, H)
     results = []
-    for mode in ("loop", "grouped"):
+    for mode in ("loop", "grouped", "dense"):
         moe.zero_grad()
         moe.dispatch = mode
         with routing([0, 1, 1, 0]):
             out = moe(x)
         out.square().sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in moe.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for g_loop, g_grouped in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(g_loop, g_grouped, atol=1e-5, rtol=1e-4)
+    for other in results[1:]:
+        torch.testing.assert_close(results[0][0], other[0], atol=1e-5, rtol=1e-4)
+        for g_loop, g_other in zip(results[0][1], other[1]):
+            torch.testing.assert_close(g_loop, g_other, atol=1e-5, rtol=1e-4)
 
 
 def test_each_sample_uses_its_own_gate():

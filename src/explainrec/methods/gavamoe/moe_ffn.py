@@ -36,7 +36,10 @@ from torch import nn
 
 from explainrec.methods.gavamoe.routing import RoutingState, current_routing
 
-_DISPATCH_MODES = ("auto", "grouped", "loop")
+_DISPATCH_MODES = ("auto", "grouped", "loop", "dense")
+# At most this many tokens, "auto" runs every expert on every token ("dense"): a cached decoding step has one token
+# per sample and is bound by per-op overhead, not arithmetic, so fewer, larger ops win over sort-and-dispatch.
+DENSE_DISPATCH_MAX_TOKENS = 64
 
 
 def upcycle_slices(dense_size: int, n_experts: int, expert_size: int) -> torch.Tensor:
@@ -97,8 +100,11 @@ class MultiGateRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, gate_ids: torch.Tensor) -> torch.Tensor:
         """x ``(B, T, H)``, gate_ids ``(B,)`` -> logits ``(B, T, E)``."""
-        per_sample = self.weight[gate_ids]  # (B, E, H)
-        return torch.einsum("bth,beh->bte", x, per_sample)
+        n_gates, n_experts, hidden = self.weight.shape
+        # all K gates in one matmul, then each sample keeps its own: cheaper than gathering (B, E, H) router copies
+        logits = (x @ self.weight.view(n_gates * n_experts, hidden).t()).unflatten(-1, (n_gates, n_experts))  # (B, T, K, E)
+        pick = gate_ids.view(-1, 1, 1, 1).expand(-1, x.shape[1], 1, n_experts)  # (B, T, 1, E)
+        return logits.gather(2, pick).squeeze(2)  # (B, T, E)
 
 
 class StackedSwiGLUExperts(nn.Module):
@@ -136,11 +142,17 @@ class StackedSwiGLUExperts(nn.Module):
         Args:
             x: ``(N, H)`` tokens. topk_idx: ``(N, k)`` expert of each assignment. weights: ``(N, k)`` its weight.
             dispatch: ``grouped`` (``torch.nn.functional.grouped_mm``, fastest on CPU), ``loop`` (one matmul per
-                expert, any device and torch version) or ``auto`` (grouped on CPU when available, else loop).
+                expert, any device and torch version), ``dense`` (all experts, weighted; for a few tokens) or
+                ``auto`` (dense up to ``DENSE_DISPATCH_MAX_TOKENS`` tokens, else grouped on CPU when available,
+                else loop).
 
         Returns:
             ``(N, H)``.
         """
+        if dispatch == "auto" and x.shape[0] <= DENSE_DISPATCH_MAX_TOKENS:
+            dispatch = "dense"
+        if dispatch == "dense":
+            return self._dense(x, topk_idx, weights)
         k = topk_idx.shape[1]
         flat = topk_idx.reshape(-1)  # (N*k,)
         order = flat.argsort(stable=True)  # assignments grouped by expert
@@ -167,6 +179,16 @@ class StackedSwiGLUExperts(nn.Module):
         return torch.zeros_like(x).index_add_(0, token_of, ys)
 
 
+    def _dense(self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token, then the top-k weights (zeros elsewhere): same result, fewer ops."""
+        n, e, i = x.shape[0], self.n_experts, self.gate_proj.shape[1]
+        w = torch.zeros(n, e, dtype=x.dtype, device=x.device).scatter_(1, topk_idx, weights.to(x.dtype))  # (N, E)
+        gate = x @ self.gate_proj.reshape(e * i, -1).t()  # (N, E*I)
+        up = x @ self.up_proj.reshape(e * i, -1).t()  # (N, E*I)
+        hidden = (self.act_fn(gate) * up).view(n, e, i) * w.unsqueeze(-1)  # (N, E, I)
+        return torch.bmm(hidden.transpose(0, 1), self.down_proj.transpose(1, 2)).sum(0)  # (E, N, H) -> (N, H)
+
+
 class MultiGatedMoE(nn.Module):
     """Drop-in replacement of a LLaMA MLP: K cluster gates over E shared fine-grained SwiGLU experts, top-k.
 
@@ -183,7 +205,7 @@ class MultiGatedMoE(nn.Module):
             renormalisation); False keeps the raw softmax values.
         router_init_std: std of the normal router init; 0 gives all-zero routers (uniform softmax).
         expert_init_std: std of the normal expert init (overwritten by upcycling).
-        dispatch: ``auto`` | ``grouped`` | ``loop``, see :class:`StackedSwiGLUExperts`.
+        dispatch: ``auto`` | ``grouped`` | ``loop`` | ``dense``, see :class:`StackedSwiGLUExperts`.
 
     Forward: ``(B, T, H) -> (B, T, H)``, inside ``routing(cluster_ids)`` whenever ``n_gates > 1``.
     ``expert_usage`` ``(K, E)`` counts the (non-padding) tokens each gate sent to each expert since the last
