@@ -150,8 +150,8 @@ def _explain_one(kind: str, run_dir: Path, user: str, item: str, generation: dic
 
 
 def _format_throughput(stats) -> str:
-    s = stats if isinstance(stats, dict) else vars(stats)
-    keys = [k for k in ("explanations", "new_tokens", "seconds", "explanations_per_s", "tokens_per_s", "batch_size") if k in s]
+    s = stats.as_dict()
+    keys = [k for k in ("explanations", "new_tokens", "seconds", "explanations_per_s", "tokens_per_s") if k in s]
     return "  ".join(f"{k}={s[k]:.3g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in keys)
 
 

@@ -24,7 +24,7 @@ def run_demo(out: Path = Path("runs/demo"), *, model_name: str = "smollm2-135m",
     result = evaluate(rows, bertscore=bertscore)
     save_report(result, out / "zero-shot")
     echo(to_markdown(result, title="zero-shot on synthetic (test)"))
-    s = stats if isinstance(stats, dict) else vars(stats)
+    s = stats.as_dict()
     echo(f"\n[demo] generation: {s.get('explanations_per_s', float('nan')):.2f} explanations/s, "
          f"{s.get('tokens_per_s', float('nan')):.1f} tokens/s at batch size {batch_size}")
     echo("\n[demo] examples:")

@@ -41,8 +41,9 @@ def test_bad_input_is_one_clear_line(tmp_path):
 
 def test_zero_shot_explain_then_evaluate(tmp_path):
     preds = tmp_path / "preds.jsonl"
-    _ok("explain", "--method", "zero-shot", "--model", "tiny", "--data", "synthetic:users=40,items=30",
-        "--limit", "6", "--max-new-tokens", "6", "--out", preds)
+    out = _ok("explain", "--method", "zero-shot", "--model", "tiny", "--data", "synthetic:users=40,items=30",
+              "--limit", "6", "--max-new-tokens", "6", "--out", preds)
+    assert "explanations=6" in out and "explanations_per_s=" in out and "nan" not in out
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 6 and all({"prediction", "reference", "bucket"} <= set(r) for r in rows)
     out = _ok("evaluate", preds, "--no-bertscore", "--out", tmp_path / "eval")
@@ -77,3 +78,4 @@ def test_xrec_train_explain(tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     out = _ok("demo", "--model", "tiny", "--n", "4", "--out", tmp_path / "demo")
     assert "BLEU" in out.upper() and (tmp_path / "demo" / "zero-shot" / "metrics.json").exists()
+    assert "explanations/s" in out and "nan" not in out.split("[demo] generation:")[1].split("\n")[0]
