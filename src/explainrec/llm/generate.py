@@ -134,7 +134,9 @@ def generate_texts(
     model.eval()  # dropout (e.g. LoRA's) must not make generation random mid-training
     texts: list[str] = [""] * len(prompts)
     new_tokens = 0
-    bar = tqdm(total=len(prompts), desc="generate", unit="expl", disable=not (progress and sys.stderr.isatty()))
+    interactive = sys.stderr.isatty()  # off a terminal: one progress line a minute, not one per batch
+    bar = tqdm(total=len(prompts), desc="generate", unit="expl", disable=not progress,
+               mininterval=0.1 if interactive else 60.0)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():

@@ -5,6 +5,7 @@ Functions, not a base Trainer: a recipe writes its own loop and calls these wher
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -59,9 +60,15 @@ def rng_restore(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def progress(iterable: Iterable[T], *, enabled: bool = True, desc: str | None = None, total: int | None = None) -> Iterator[T]:
-    """A tqdm bar when ``enabled`` (left in place off a terminal so logs stay short), else the iterable itself."""
+    """A tqdm bar when ``enabled``, else the iterable itself.
+
+    Off a terminal (a log file, CI) the bar redraws at most once a minute, so logs show progress without growing
+    by a line per step.
+    """
     if not enabled:
         return iter(iterable)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, leave=not interactive, dynamic_ncols=interactive,
+                mininterval=0.1 if interactive else 60.0)
