@@ -20,10 +20,12 @@ FULL = [
     ["bench_gavamoe_step.py"],
     ["bench_vae_gmm_epoch.py"],
     ["bench_lightgcn.py", "--threads", "1"],
+    ["bench_end_to_end.py"],
 ]
 QUICK = [
     ["bench_zero_shot.py", "--data", "synthetic", "--model", "tiny", "--n", "8", "--batch-size", "4", "--max-new-tokens", "8"],
     ["bench_gavamoe_step.py", "--model", "tiny", "--reps", "1"],
+    ["bench_end_to_end.py", "--model", "tiny", "--n", "4", "--max-new-tokens", "8"],
 ]
 
 

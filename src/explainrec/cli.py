@@ -190,15 +190,20 @@ def evaluate(
 @app.command()
 @_friendly_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's predictions and metrics."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for both runs and the comparison table."),
     model: str = typer.Option("smollm2-135m", "--model", help="LLM: embedded default, HF id, local folder, or 'tiny'."),
-    n: int = typer.Option(24, "--n", help="Test pairs to explain."),
+    n: int = typer.Option(16, "--n", help="Test pairs to explain (the same pairs for both methods)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Generation batch size."),
+    steps: int = typer.Option(12, "--steps", help="Most GaVaMoE stage-2 training steps."),
+    minutes: float = typer.Option(3.0, "--minutes", help="Most minutes of GaVaMoE stage-2 training (a safety stop)."),
+    bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compute BERTScore (embedded MiniLM)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Redo both runs even if --out holds finished ones."),
 ) -> None:
-    """Zero-shot explanations on the built-in synthetic data: a metrics table and a few examples."""
+    """Train a small GaVaMoE on the built-in data and compare it with zero-shot on the same test pairs."""
     from explainrec.demo import run_demo
 
-    run_demo(out=out, model_name=model, n=n, batch_size=batch_size)
+    run_demo(out=out, model_name=model, n=n, batch_size=batch_size, steps=steps, minutes=minutes,
+             bertscore=bertscore, fresh=fresh, echo=typer.echo)
 
 
 @gavamoe_app.command("fit-clusters")
@@ -317,6 +322,32 @@ def xrec_train(
                      lightgcn={"epochs": gcn_epochs, "dim": gcn_dim})
     summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
+@app.command()
+@_friendly_errors
+def bench(
+    config: Path = typer.Argument(..., help="Bench config (.yaml/.yml or .toml): datasets x runs x seeds, experiments."),
+    only: Optional[list[str]] = typer.Option(
+        None, "--only", help="Run only these runs: globs over DATASET/RUN/seedK, DATASET/RUN or RUN (repeatable, or comma-separated)."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", min=1, help="Runs at a time, each in its own process with its share of the cores (output in "
+        "OUT/logs/); default: the config's 'jobs', else 1."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and each run's state; run nothing."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild OUT/report.md from the finished runs; run nothing."),
+) -> None:
+    """Run an experiment grid (resumable: finished runs are skipped), then write OUT/report.md with tables and figures."""
+    import shlex
+    import sys
+
+    from explainrec.bench.harness import run_bench
+
+    words = ["explainrec", "bench", str(config)] + [f"--only={o}" for o in only or []]
+    words += [f"--jobs={jobs}"] if jobs else []
+    result = run_bench(config, only=only, jobs=jobs, dry_run=dry_run, report_only=report_only,
+                       progress=sys.stderr.isatty(), command=" ".join(shlex.quote(w) for w in words), echo=typer.echo)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

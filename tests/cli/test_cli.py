@@ -75,7 +75,18 @@ def test_xrec_train_explain(tmp_path):
 
 
 @pytest.mark.embedded
-def test_demo_runs_end_to_end(tmp_path):
-    out = _ok("demo", "--model", "tiny", "--n", "4", "--out", tmp_path / "demo")
-    assert "BLEU" in out.upper() and (tmp_path / "demo" / "zero-shot" / "metrics.json").exists()
-    assert "explanations/s" in out and "nan" not in out.split("[demo] generation:")[1].split("\n")[0]
+def test_demo_compares_gavamoe_with_zero_shot(tmp_path):
+    out = _ok("demo", "--model", "tiny", "--n", "4", "--steps", "2", "--out", tmp_path / "demo")
+    table = (tmp_path / "demo" / "comparison.md").read_text()
+    header = "| Metric | zero-shot | GaVaMoE | Better |"
+    assert header in table and header in out
+    for label in ("BLEU-4", "ROUGE-L", "BERTScore F1"):  # each row holds a value for both methods
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
+        assert row.count("|") == 5 and "–" not in row
+    for method in ("zero-shot", "gavamoe"):
+        assert (tmp_path / "demo" / method / "metrics.json").exists()
+    throughput = out.split("[demo] generation")[1].split("[demo] examples")[0]
+    assert throughput.count("explanations/s") == 2 and "nan" not in throughput and "x zero-shot" in throughput
+    assert "stage-2 steps" in out and "cluster" in out and "top experts [" in out
+    again = _ok("demo", "--model", "tiny", "--n", "4", "--steps", "2", "--out", tmp_path / "demo")
+    assert "reused the finished run(s) zero-shot, gavamoe" in again and header in again

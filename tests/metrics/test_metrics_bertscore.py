@@ -28,6 +28,15 @@ def test_identical_text_scores_100_and_unrelated_lower(minilm):
 
 
 @pytest.mark.embedded
+def test_an_empty_prediction_scores_zero(minilm):
+    """A trained model can stop at once; bert_score would crash on the empty string (transformers 5)."""
+    same = "the user would enjoy this thrilling mystery novel"
+    out = bertscore(["", same, "   "], [same, same, same], scorer=minilm)
+    assert out["f1"][0] == out["precision"][0] == out["recall"][0] == 0.0 and out["f1"][2] == 0.0
+    assert out["f1"][1] == pytest.approx(100.0, abs=1e-3)
+
+
+@pytest.mark.embedded
 def test_evaluate_reports_bertscore_with_note(minilm):
     rows = [
         {"prediction": "great pizza and friendly staff", "reference": "the pizza is great and the staff friendly", "bucket": "ds1"},

@@ -133,18 +133,21 @@ class BertScoreModel:
 
         With contextual embeddings x (reference) and y (prediction), cosine similarities matched greedily:
         R = mean_{x_i} max_{y_j} cos(x_i, y_j), P = mean_{y_j} max_{x_i} cos(x_i, y_j), F1 = 2PR / (P + R);
-        when rescaled, s' = (s - b) / (1 - b) with bert_score's baseline b.
+        when rescaled, s' = (s - b) / (1 - b) with bert_score's baseline b. An empty (or blank) prediction or
+        reference has no token to match and scores 0 (bert_score itself crashes on one under transformers 5).
         """
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-        if not predictions:
-            return {"precision": [], "recall": [], "f1": []}
-        p, r, f = self.scorer.score(list(predictions), list(references), verbose=False)
-        return {
-            "precision": [100.0 * float(v) for v in p],
-            "recall": [100.0 * float(v) for v in r],
-            "f1": [100.0 * float(v) for v in f],
-        }
+        out: dict[str, list[float]] = {"precision": [0.0] * len(predictions), "recall": [0.0] * len(predictions),
+                                       "f1": [0.0] * len(predictions)}
+        keep = [i for i, (c, r) in enumerate(zip(predictions, references)) if c.strip() and r.strip()]
+        if not keep:
+            return out
+        p, r, f = self.scorer.score([predictions[i] for i in keep], [references[i] for i in keep], verbose=False)
+        for name, values in (("precision", p), ("recall", r), ("f1", f)):
+            for i, v in zip(keep, values):
+                out[name][i] = 100.0 * float(v)
+        return out
 
 
 def bertscore(

@@ -32,6 +32,7 @@ class LoopSettings(Protocol):
     clip: float
     max_minutes: float | None
     max_steps: int | None
+    max_valid_pairs: int | None
     checkpoint_every: int
     log_every: int
     seed: int
@@ -69,6 +70,7 @@ def run_loop(
     """
     if not train_rows:
         raise ValueError("no training examples")
+    valid_rows = valid_rows[: cfg.max_valid_pairs]  # the split's first pairs: the same ones every epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
@@ -119,6 +121,9 @@ def run_loop(
             if state["step"] % cfg.checkpoint_every == 0:
                 checkpoint()
             over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
+            if acc.num_processes > 1:  # clocks differ between processes: all must stop at the same step
+                flag = torch.tensor(float(over_time), device=acc.device)
+                over_time = bool(acc.reduce(flag, reduction="sum").item() > 0)
             over_steps = cfg.max_steps is not None and state["step"] >= cfg.max_steps
             if over_time or over_steps:
                 state["budget_hit"] = True
@@ -127,8 +132,9 @@ def run_loop(
         if not state["budget_hit"]:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+        checkpoint()  # before validation: whatever happens there, the steps just taken are kept
         if valid_rows:
-            v = validation_loss(model, valid_rows, collate_fn, cfg.batch_size, acc)
+            v = validation_loss(model, valid_rows, collate_fn, cfg.batch_size, acc, extra=extra)
             state["valid"].append({"step": state["step"], "epoch": state["epoch"], **v})
             echo(f"[{tag}] validation: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
         checkpoint()
@@ -138,16 +144,21 @@ def run_loop(
 
 
 @torch.no_grad()
-def validation_loss(model, rows: list, collate_fn, batch_size: int, acc) -> dict[str, float]:
-    """Mean explanation NLL (and ELBO where the model has one) over the validation pairs, in eval mode."""
+def validation_loss(model, rows: list, collate_fn, batch_size: int, acc, extra=None) -> dict[str, float]:
+    """Mean explanation NLL (and ELBO where the model has one) over the validation pairs, in eval mode.
+
+    ``extra`` adds the same per-batch inputs as in training (e.g. sampled interaction targets), drawn from a
+    fixed-seed generator so every validation of a run scores the same targets.
+    """
     model.eval()
+    gen = torch.Generator().manual_seed(0)
     # its own generator: a DataLoader otherwise draws its base seed from the global RNG, and a resumed run would diverge
     loader = acc.prepare(torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate_fn,
                                                      generator=torch.Generator().manual_seed(0)))
     sums: dict[str, float] = {}
     n = 0
     for batch in loader:
-        out = model(**batch)
+        out = model(**batch, **(extra(batch, gen) if extra else {}))
         size = batch["input_ids"].shape[0]
         for k in ("nll", "elbo"):
             if k in out.parts:

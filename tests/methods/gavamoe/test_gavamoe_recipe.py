@@ -63,3 +63,17 @@ def test_resume_refuses_another_config(data, tmp_path):
     train(data, tmp_path / "r", _cfg(max_steps=1), **quiet)
     with pytest.raises(CheckpointError, match="lr"):
         train(data, tmp_path / "r", _cfg(max_steps=2, lr=5e-4), resume=True, **quiet)
+
+
+def test_implicit_feedback_data_trains_and_validates(data, tmp_path):
+    """XRec's data has no ratings: the joint ELBO (also in validation) reconstructs sampled interactions only."""
+    from dataclasses import replace
+
+    from explainrec.data import Dataset, Interactions
+
+    inter = data.interactions
+    implicit = Dataset(name="implicit", interactions=Interactions(inter.user, inter.item, inter.split),
+                       examples=[replace(e, rating=None) for e in data.examples], users=data.users, items=data.items)
+    summary = train(implicit, tmp_path / "run", _cfg(max_steps=2), progress_bar=False, echo=lambda *_: None)
+    assert summary["steps"] == 2
+    assert summary["last_valid"]["valid_elbo"] > 0 and summary["last_valid"]["valid_nll"] > 0

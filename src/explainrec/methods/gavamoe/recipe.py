@@ -50,6 +50,7 @@ class TrainConfig:
     clip: float = 0.3  # paper
     max_minutes: float | None = None  # wall-clock budget for stage 2; stops cleanly (and saves) when reached
     max_steps: int | None = None
+    max_valid_pairs: int | None = None  # validate on the first N valid pairs (None: all); a CPU budget saver
     trainable: tuple[str, ...] = ("experts", "gates", "soft", "vae")
     lora_r: int = 0  # >0: LoRA on q/k/v/o through peft
     max_prompt_tokens: int = 384

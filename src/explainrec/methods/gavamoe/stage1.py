@@ -455,7 +455,7 @@ def _train_epoch(model: VaeGmm, optimizer, data: _TrainData, cfg: Stage1Config, 
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * idx.shape[0]
         if cfg.progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
     return {k: v / n for k, v in sums.items()}
 
 

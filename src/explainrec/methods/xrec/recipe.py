@@ -46,6 +46,7 @@ class XRecConfig:
     clip: float = 1.0
     max_minutes: float | None = None
     max_steps: int | None = None
+    max_valid_pairs: int | None = None  # validate on the first N valid pairs (None: all); a CPU budget saver
     lora_r: int = 0
     max_prompt_tokens: int = 384
     max_target_tokens: int = 96

@@ -1,0 +1,486 @@
+"""The bench report: one Markdown file (OUT/report.md) with the paper's tables, PNG figures in OUT/figures/.
+
+Everything is read back from the run folders (``done.json``, ``stage1/metrics.json``, ``error.txt``) and from
+``OUT/bench_log.jsonl``, so the report can be rebuilt at any time (``explainrec bench CONFIG --report-only``) and
+shows whatever has finished. Experiments (the config's ``experiments:``):
+
+    main       Table 2: one table per dataset, runs x (BLEU-1/4, ROUGE-1/L, Distinct-1/2, BERTScore P/R/F1, USR)
+    ablation   Figure 3: the same table over the ablation runs, plus a bar chart per dataset
+    gates      Table 3: per number of clusters K, the cluster sizes, stage 1's test AUC and the text metrics
+    sparsity   Figure 4: the metrics per user-activity bucket (ds1 most active ... ds3 sparsest), table + bars
+    latent     Figure 5: each run's stage-1 latent plot (stage1/latent.png), copied into figures/
+
+With several seeds a cell is ``mean ± std`` over the seeds (sample std, ddof=1); the best value of a column is bold.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from explainrec.bench.config import PlannedRun
+from explainrec.io import atomic_write_text
+from explainrec.metrics.report import METRICS
+
+TABLE2 = ("bleu1", "bleu4", "rouge1", "rougeL", "distinct1", "distinct2", "bertscore_p", "bertscore_r",
+          "bertscore_f1", "usr")
+FIGURE_METRICS = ("bleu4", "rougeL", "bertscore_f1", "distinct2", "usr")  # one panel each in the bar charts
+GATES_METRICS = ("bleu4", "rougeL", "bertscore_f1", "usr")
+FRACTIONS = {"usr", "fmr", "fcr"}  # shown with 4 decimals, as in explainrec.metrics
+FIGURES = "figures"
+
+
+@dataclass
+class RunResult:
+    """One planned run as found on disk."""
+
+    planned: PlannedRun
+    state: str  # done | failed | partial | todo | stale  (see harness.run_state)
+    done: dict | None = None
+    stage1: dict | None = None  # RUN/stage1/metrics.json
+    error: str | None = None  # last line of RUN/error.txt
+
+
+def collect(planned: list[PlannedRun]) -> list[RunResult]:
+    from explainrec.bench.harness import ERROR_FILE, run_state
+
+    results = []
+    for p in planned:
+        r = RunResult(p, run_state(p))
+        if r.state == "done":
+            r.done = _read_json(p.run_dir / "done.json")
+        if r.state != "stale":
+            r.stage1 = _read_json(p.run_dir / "stage1" / "metrics.json")
+        if r.state == "failed":
+            lines = [x for x in (p.run_dir / ERROR_FILE).read_text(errors="replace").splitlines() if x.strip()]
+            r.error = lines[-1] if lines else "(empty error.txt)"
+        results.append(r)
+    return results
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- numbers
+
+
+def seed_stats(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std (None for one value) of the finite values."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _fmt(name: str, value: float) -> str:
+    return f"{value:.4f}" if name in FRACTIONS else f"{value:.2f}"
+
+
+def _cell(name: str, values: list[float]) -> str:
+    mean, std = seed_stats(values)
+    return _fmt(name, mean) + ("" if std is None else f" ± {_fmt(name, std)}")
+
+
+def _label(name: str) -> str:
+    label, higher, _ = METRICS.get(name, (name, None, ""))
+    return label + ("↑" if higher else "↓" if higher is False else "")
+
+
+def _metric_values(results: list[RunResult], name: str, bucket: str | None = None) -> list[float]:
+    out = []
+    for r in results:
+        if r.done is None:
+            continue
+        block = r.done if bucket is None else (r.done.get("buckets") or {}).get(bucket) or {}
+        value = (block.get("metrics") or {}).get(name)
+        if value is not None and math.isfinite(value):
+            out.append(value)
+    return out
+
+
+def _missing_note(results: list[RunResult]) -> str:
+    """'' when every seed finished, else why a cell is short (e.g. 'seed1 failed')."""
+    notes = [f"seed{r.planned.seed} {r.state}" for r in results if r.done is None]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def _groups(all_results: list[RunResult], dataset: str, runs: list[str]) -> list[tuple[str, list[RunResult]]]:
+    return [(run, [r for r in all_results if r.planned.dataset == dataset and r.planned.run == run]) for run in runs]
+
+
+def _metric_table(groups: list[tuple[str, list[RunResult]]], bucket: str | None = None) -> list[str]:
+    """Rows = runs, columns = the Table-2 metrics any run has; best mean per column in bold."""
+    names = [m for m in TABLE2 if any(_metric_values(rs, m, bucket) for _, rs in groups)]
+    if not names:
+        return ["_No finished runs yet._", ""]
+    best = {}
+    for m in names:
+        means = [seed_stats(v)[0] for _, rs in groups if (v := _metric_values(rs, m, bucket))]
+        if len(means) > 1 and METRICS[m][1] is not None and max(means) - min(means) > 1e-9:  # no bold on a tie
+            best[m] = max(means) if METRICS[m][1] else min(means)
+    lines = ["| Run | n | " + " | ".join(_label(m) for m in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for run, rs in groups:
+        done = [r for r in rs if r.done is not None]
+        if not done:
+            lines.append(f"| {run}{_missing_note(rs)} | – | " + " | ".join("–" for _ in names) + " |")
+            continue
+        n = _n(done, bucket)
+        cells = []
+        for m in names:
+            v = _metric_values(rs, m, bucket)
+            cell = _cell(m, v) if v else "–"
+            if v and m in best and abs(seed_stats(v)[0] - best[m]) < 1e-12:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        lines.append(f"| {run}{_missing_note(rs)} | {n} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _n(done: list[RunResult], bucket: str | None) -> str:
+    ns = {((r.done.get("buckets") or {}).get(bucket) or {}).get("n") if bucket else r.done.get("n") for r in done}
+    return "/".join(str(x) for x in sorted(x for x in ns if x is not None)) or "–"
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(groups: list[tuple[str, list[RunResult]]], path: Path, title: str, buckets: list[str] | None = None) -> Path | None:
+    """One panel per metric of FIGURE_METRICS: a bar per run (grouped by bucket when given), seed std as error bars."""
+    names = [m for m in FIGURE_METRICS if any(_metric_values(rs, m) for _, rs in groups)]
+    if not names:
+        return None
+    plt = _plt()
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.8), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    xs = buckets or [None]
+    width = 0.8 / max(len(groups), 1)
+    for ax, m in zip(axes[0], names):
+        for j, (run, rs) in enumerate(groups):
+            means, errs = [], []
+            for b in xs:
+                v = _metric_values(rs, m, b)
+                mean, std = seed_stats(v) if v else (np.nan, None)
+                means.append(mean)
+                errs.append(std or 0.0)
+            pos = np.arange(len(xs)) + (j - (len(groups) - 1) / 2) * width
+            ax.bar(pos, means, width, yerr=errs if any(errs) else None, capsize=3, color=cmap(j % 10), label=run)
+        if buckets:
+            ax.set_xticks(np.arange(len(xs)), xs)
+        else:  # one group: name each bar
+            ax.set_xticks([(j - (len(groups) - 1) / 2) * width for j in range(len(groups))],
+                          [run for run, _ in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title(METRICS[m][0], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    if buckets:
+        axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def gates_chart(rows: list[tuple[int, list[RunResult]]], path: Path, title: str) -> Path | None:
+    """Stage 1's test AUC and the text metrics against the number of clusters K (panels with two K or more)."""
+    def series(name):
+        points = []
+        for k, rs in rows:
+            if name == "test_auc":
+                v = [r.stage1["test_auc"] for r in rs if r.stage1 and r.stage1.get("test_auc") is not None]
+            else:
+                v = _metric_values(rs, name)
+            if v:
+                points.append((k, *seed_stats(v)))
+        return points
+
+    panels = [(m, pts) for m in ("test_auc", *GATES_METRICS) if len(pts := series(m)) >= 2]
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 0.6, 3.2), dpi=110, squeeze=False)
+    for ax, (m, pts) in zip(axes[0], panels):
+        ks, means, errs = zip(*pts)
+        errs = [e or 0.0 for e in errs]
+        ax.errorbar(ks, means, yerr=errs if any(errs) else None, marker="o", capsize=3)
+        ax.set_xticks(ks)
+        ax.set_xlabel("clusters K")
+        ax.set_title("stage-1 test AUC" if m == "test_auc" else METRICS[m][0], fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+def _datasets(cfg: dict) -> list[str]:
+    return list(cfg["datasets"])
+
+
+def section_main(cfg, results, runs, out) -> list[str]:
+    lines = ["## Main comparison (Table 2)", ""]
+    for ds in _datasets(cfg):
+        lines += [f"### {ds}", ""] + _metric_table(_groups(results, ds, runs))
+    return lines
+
+
+def section_ablation(cfg, results, runs, out) -> list[str]:
+    lines = ["## Ablation (Figure 3)", "",
+             "Variants of GaVaMoE: `single-gate` = w/o multi-gating, `coarse` = w/o fine-grained experts, "
+             "`base` = the dense LLM with the same soft tokens and joint loss.", ""]
+    for ds in _datasets(cfg):
+        groups = _groups(results, ds, runs)
+        lines += [f"### {ds}", ""] + _metric_table(groups)
+        fig = bar_chart(groups, out / FIGURES / f"ablation_{ds}.png", f"Ablation on {ds}")
+        if fig:
+            lines += [f"![ablation on {ds}]({FIGURES}/{fig.name})", ""]
+    return lines
+
+
+def _clusters(r: RunResult) -> int | None:
+    if r.stage1 and "n_clusters" in r.stage1:
+        return int(r.stage1["n_clusters"])
+    k = r.planned.spec.options.get("clusters")
+    if k is None and r.planned.spec.method == "gavamoe":
+        from explainrec.methods.gavamoe.recipe import TrainConfig
+
+        k = TrainConfig.clusters
+    return k
+
+
+def section_gates(cfg, results, runs, out) -> list[str]:
+    lines = ["## Number of gates K (Table 3)", "",
+             "Cluster sizes count all interactions (train, valid, test) per cluster, then the pairs that have a "
+             "reference explanation (all splits). AUC: stage 1's test positives against one sampled item per user.", ""]
+    for ds in _datasets(cfg):
+        groups = _groups(results, ds, runs)
+        names = [m for m in GATES_METRICS if any(_metric_values(rs, m) for _, rs in groups)]
+        lines += [f"### {ds}", "",
+                  "| Run | K | cluster sizes | pairs with an explanation per cluster | test AUC | "
+                  + "".join(f"{_label(m)} | " for m in names),
+                  "|---|---:|---|---|---:|" + "---:|" * len(names)]
+        rows_for_chart = []
+        for run, rs in groups:
+            ks = {k for r in rs if (k := _clusters(r)) is not None}
+            k = next(iter(ks)) if len(ks) == 1 else None
+            with_s1 = [r for r in rs if r.stage1]
+            multi = len(with_s1) > 1
+
+            def per_seed(key, rs=with_s1, multi=multi):
+                parts = [(f"s{r.planned.seed}: " if multi else "") + "/".join(str(x) for x in r.stage1.get(key, []))
+                         for r in rs if r.stage1.get(key)]
+                return "<br>".join(parts) or "–"
+
+            aucs = [r.stage1["test_auc"] for r in with_s1 if r.stage1.get("test_auc") is not None]
+            auc = _cell("usr", aucs) if aucs else "–"
+            cells = [_cell(m, v) if (v := _metric_values(rs, m)) else "–" for m in names]
+            lines.append(f"| {run}{_missing_note(rs)} | {k if k is not None else '–'} | {per_seed('cluster_sizes')} | "
+                         f"{per_seed('cluster_sizes_examples')} | {auc} | " + "".join(f"{c} | " for c in cells))
+            if k is not None:
+                rows_for_chart.append((k, rs))
+        lines.append("")
+        fig = gates_chart(sorted(rows_for_chart, key=lambda x: x[0]), out / FIGURES / f"gates_{ds}.png",
+                          f"Metrics per number of clusters on {ds}")
+        if fig:
+            lines += [f"![metrics per K on {ds}]({FIGURES}/{fig.name})", ""]
+    return lines
+
+
+def section_sparsity(cfg, results, runs, out) -> list[str]:
+    lines = ["## Sparsity (Figure 4)", "",
+             "The explained pairs sorted by their user's number of train interactions and cut into three equal parts: "
+             "ds1 = the most active users, ds3 = the sparsest. Corpus metrics are computed on each bucket's rows.", ""]
+    for ds in _datasets(cfg):
+        groups = _groups(results, ds, runs)
+        buckets = sorted({b for _, rs in groups for r in rs if r.done for b in (r.done.get("buckets") or {})})
+        lines += [f"### {ds}", ""]
+        if not buckets:
+            lines += ["_No finished run with buckets yet._", ""]
+            continue
+        for b in buckets:
+            lines += [f"**{b}**", ""] + _metric_table(groups, bucket=b)
+        fig = bar_chart(groups, out / FIGURES / f"sparsity_{ds}.png", f"Metrics per user-activity bucket on {ds}",
+                        buckets=buckets)
+        if fig:
+            lines += [f"![sparsity on {ds}]({FIGURES}/{fig.name})", ""]
+    return lines
+
+
+def section_latent(cfg, results, runs, out) -> list[str]:
+    lines = ["## Latent space (Figure 5)", "",
+             "Stage 1's latent means q(z|x) of training pairs, coloured by cluster (each run's `stage1/latent.png`).", ""]
+    for ds in _datasets(cfg):
+        lines += [f"### {ds}", ""]
+        cells = []
+        for run, rs in _groups(results, ds, runs):
+            for r in rs:
+                src = r.planned.run_dir / "stage1" / "latent.png"
+                name = f"{run} seed{r.planned.seed}"
+                if r.state == "stale" or not src.exists():
+                    cells.append((name, None, f"no latent plot yet ({r.state})"))
+                    continue
+                dst = out / FIGURES / f"latent_{ds}_{run}_seed{r.planned.seed}.png"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                s1 = r.stage1 or {}
+                caption = f"K={s1.get('n_clusters', _clusters(r))}"
+                if s1.get("cluster_sizes"):
+                    caption += ", sizes " + "/".join(map(str, s1["cluster_sizes"]))
+                nmi = (s1.get("agreement_with_user_types") or {}).get("nmi")
+                if nmi is not None:
+                    caption += f", NMI vs. true user types {nmi:.2f}"
+                cells.append((name, dst, caption))
+        for name, dst, caption in cells:
+            if dst is None:
+                lines += [f"- {name}: {caption}"]
+            else:
+                lines += [f"**{name}** ({caption})", "", f"![latent space, {name}]({FIGURES}/{dst.name})", ""]
+        lines.append("")
+    return lines
+
+
+SECTIONS = {"main": section_main, "ablation": section_ablation, "gates": section_gates,
+            "sparsity": section_sparsity, "latent": section_latent}
+
+
+def section_costs(results: list[RunResult]) -> list[str]:
+    lines = ["## Cost per run", "",
+             "Train time: the method's own training clock (stage 2 for GaVaMoE; for vae-gmm stage 1, whose steps are "
+             "epochs). Wall: the "
+             "last call that finished the run (train / explain / evaluate), including model loading.", "",
+             "| Run | state | train steps | train time | explained | new tokens | tokens/s | explanations/s | wall (train / explain / evaluate) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        p, d = r.planned, r.done or {}
+        gen = d.get("generation") or {}
+        wall = d.get("seconds_this_call") or {}
+
+        def num(x, f="{:.1f}"):
+            return "–" if x is None else f.format(x)
+
+        lines.append(
+            f"| {p.dataset}/{p.run}/seed{p.seed} | {r.state} | {num(d.get('train_steps'), '{}')} | "
+            f"{num(d.get('train_seconds'), '{:.0f} s')} | {num(gen.get('explanations'), '{}')} | "
+            f"{num(gen.get('new_tokens'), '{}')} | {num(gen.get('tokens_per_s'))} | {num(gen.get('explanations_per_s'), '{:.2f}')} | "
+            + (" / ".join(f"{wall.get(k, 0):.0f}" for k in ("train", "explain", "evaluate")) + " s" if wall else "–") + " |")
+    return lines + [""]
+
+
+def _read_log(out: Path) -> list[dict]:
+    from explainrec.bench.harness import LOG_FILE
+
+    path = out / LOG_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def section_setup(cfg: dict, results: list[RunResult], out: Path) -> list[str]:
+    from explainrec.bench.harness import fmt_seconds, machine_info
+
+    log = _read_log(out)
+    last = log[-1] if log else None
+    machine = (last or {}).get("machine") or machine_info()
+    lines = ["## How this was run", ""]
+    if last:
+        lines += ["```bash", last["command"], "```", "",
+                  f"- Started {last['started']} (UTC); wall time of that invocation: **{fmt_seconds(last['seconds'])}**"
+                  + (" (interrupted)" if last.get("interrupted") else "")
+                  + f"; it ran {last.get('done', 0)} run(s), skipped {last.get('skipped', 0)} finished before, "
+                  f"{last.get('failed', 0)} failed."]
+        if len(log) > 1:
+            total = sum(x.get("seconds", 0) for x in log)
+            lines.append(f"- All {len(log)} invocations recorded in `{out / 'bench_log.jsonl'}`: {fmt_seconds(total)} in total.")
+    else:
+        lines.append("- No bench invocation recorded yet (report built from the run folders alone).")
+    cpu = machine.get("cpu", "unknown CPU")
+    usable = machine.get("cpus_usable", machine.get("cpu_count"))
+    lines += [
+        f"- Machine: {cpu}, {machine.get('cpu_count')} CPUs ({usable} usable), "
+        f"GPU: {machine.get('gpu') or 'none'}; {machine.get('platform')}; Python {machine.get('python')}, "
+        f"torch {machine.get('torch')} ({machine.get('torch_threads')} threads, OMP_NUM_THREADS={machine.get('omp_num_threads')}); "
+        f"load average at start {machine.get('load_average_at_start')}.",
+        f"- Code: git {machine.get('git') or 'unknown'}.",
+        f"- Config: `{cfg['_path']}` (below); run folders under `{out}`.",
+    ]
+    counts = {s: sum(r.state == s for r in results) for s in ("done", "failed", "partial", "todo", "stale")}
+    lines.append("- Runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(results)}.")
+    bs = _bertscore_note(results)
+    if bs:
+        lines.append(f"- BERTScore: {bs}")
+    return lines + [""]
+
+
+def _bertscore_note(results: list[RunResult]) -> str | None:
+    for r in results:
+        if r.done is None:
+            continue
+        m = _read_json(r.planned.run_dir / "metrics.json") or {}
+        bs = (m.get("config") or {}).get("bertscore")
+        if isinstance(bs, dict):
+            note = f"{bs.get('encoder')}, layer {bs.get('num_layers')}, rescale_with_baseline={bs.get('rescale_with_baseline')}"
+            return note + (f" -- {bs['note']}" if bs.get("note") else "")
+    return None
+
+
+def section_failures(results: list[RunResult]) -> list[str]:
+    failed = [r for r in results if r.state == "failed"]
+    if not failed:
+        return []
+    lines = ["## Failed runs", ""]
+    for r in failed:
+        lines.append(f"- `{r.planned.dataset}/{r.planned.run}/seed{r.planned.seed}`: {r.error} "
+                     f"(traceback: `{r.planned.run_dir / 'error.txt'}`)")
+    return lines + [""]
+
+
+def write_report(cfg: dict, planned: list[PlannedRun], out: str | Path) -> Path:
+    """Write ``out/report.md`` (and figures under ``out/figures``) from whatever the run folders hold."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = collect(planned)
+    lines = [f"# Bench report: {cfg.get('name', 'bench')}", ""]
+    if cfg.get("description"):
+        lines += [str(cfg["description"]).strip(), ""]
+    lines += section_setup(cfg, results, out)
+    lines += section_failures(results)
+    experiments = cfg.get("experiments") or {"main": list(cfg["runs"])}
+    for kind, runs in experiments.items():
+        lines += SECTIONS[kind](cfg, results, runs, out)
+    lines += section_costs(results)
+    lines += ["## Config", "", f"`{cfg['_path']}`:", "", "```" + ("toml" if cfg["_path"].endswith(".toml") else "yaml"),
+              Path(cfg["_path"]).read_text(encoding="utf-8").rstrip(), "```", ""]
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report

@@ -1,0 +1,131 @@
+"""Bench configs: every mistake names the file and the key; the shipped configs load; the report's seed statistics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from explainrec.bench.config import load_config, plan
+from explainrec.bench.report import seed_stats, write_report
+from explainrec.cli import app
+from explainrec.data.schema import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _mutate(cfg: dict, change: str) -> None:
+    if change == "top":
+        cfg["tables"] = 1
+    elif change == "option":
+        cfg["runs"]["gavamoe"]["options"] = {"max_stepz": 3}
+    elif change == "variant":
+        cfg["runs"]["base"]["options"]["moe"]["variant"] = "sparse"
+    elif change == "stage1":
+        cfg["runs"]["gavamoe"]["options"] = {"stage1": {"epoch": 3}}
+    elif change == "defaults":
+        cfg["defaults"]["xrec"]["lightgcn"]["dims"] = 8
+    elif change == "defaults-method":
+        cfg["defaults"]["llama"] = {}
+    elif change == "zero-shot":
+        cfg["runs"]["zero-shot"]["options"]["temperature"] = 0.7
+    elif change == "method":
+        cfg["runs"]["xrec"]["method"] = "pepler"
+    elif change == "experiment-run":
+        cfg["experiments"]["main"].append("nope")
+    elif change == "experiment-kind":
+        cfg["experiments"]["tables"] = ["gavamoe"]
+    elif change == "seeds":
+        cfg["seeds"] = "0"
+    elif change == "generation":
+        cfg["generation"]["beams"] = 2
+    elif change == "vae-gmm":
+        cfg["runs"]["vae-gmm-k3"]["options"]["lr"] = 0.1
+    elif change == "jobs":
+        cfg["jobs"] = 0
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("top", "unknown key(s) ['tables']"),
+    ("option", "runs.gavamoe.options: unknown option 'max_stepz' for method gavamoe"),
+    ("variant", "runs.base.options.moe.variant: 'sparse'"),
+    ("stage1", "runs.gavamoe.options.stage1: unknown option(s) ['epoch']"),
+    ("defaults", "defaults.xrec.lightgcn: unknown option(s) ['dims']"),
+    ("defaults-method", "defaults.llama: unknown method"),
+    ("zero-shot", "runs.zero-shot.options: unknown option 'temperature'"),
+    ("method", "runs.xrec: unknown method 'pepler'"),
+    ("experiment-run", "experiments.main: run(s) ['nope'] are not in 'runs'"),
+    ("experiment-kind", "experiments.tables: unknown experiment"),
+    ("seeds", "field 'seeds'"),
+    ("generation", "unknown generation option(s) ['beams']"),
+    ("vae-gmm", "runs.vae-gmm-k3.options: unknown option 'lr' for method vae-gmm"),
+    ("jobs", "field 'jobs'"),
+])
+def test_config_errors_name_the_file_and_key(tmp_path, change, expected):
+    cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    _mutate(cfg, change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError) as err:
+        plan(load_config(path))
+    assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\ndatasets = {a = "synthetic"}\nruns = {zs = {method = "zero-shot", options = {modle = "tiny"}}}\n')
+    result = CliRunner().invoke(app, ["bench", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: runs.zs.options: unknown option 'modle'" in result.output
+    assert "Traceback" not in result.output
+    path.write_text("name = [unclosed\n")
+    result = CliRunner().invoke(app, ["bench", str(path)])
+    assert result.exit_code == 2 and "not valid toml" in result.output
+    result = CliRunner().invoke(app, ["bench", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "no such config file" in result.output
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "mini.yaml", "xrec.yaml"])
+def test_shipped_configs_plan(name):
+    cfg = load_config(REPO / "configs" / name)
+    planned = plan(cfg)
+    assert planned and all(p.spec.method for p in planned)
+    runs = {p.run for p in planned}
+    assert all(set(names) <= runs for names in cfg["experiments"].values())
+
+
+def test_demo_config_covers_the_paper_experiments():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    exp = cfg["experiments"]
+    assert set(exp) == {"main", "ablation", "gates", "sparsity", "latent"}
+    variants = {cfg["runs"][r].get("options", {}).get("moe", {}).get("variant", "full") for r in exp["ablation"]}
+    assert variants == {"full", "single-gate", "coarse", "base"}
+    ks = sorted(cfg["runs"][r].get("options", {}).get("clusters", 4) for r in exp["gates"])
+    assert ks == [2, 3, 4, 5]
+    assert {cfg["runs"][r]["method"] for r in exp["main"]} == {"zero-shot", "gavamoe", "xrec"}
+
+
+def test_report_gives_mean_and_std_over_seeds(tmp_path):
+    """Two seeds of finished runs (written by hand): cells read 'mean ± std', the best mean is bold."""
+    cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    cfg.update(out=str(tmp_path / "out"), seeds=[0, 1], bertscore=False, experiments={"main": ["zero-shot", "gavamoe"]})
+    cfg["runs"] = {k: cfg["runs"][k] for k in ("zero-shot", "gavamoe")}
+    path = tmp_path / "two-seeds.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = load_config(path)
+    planned = plan(cfg)
+    bleu = {("zero-shot", 0): 1.0, ("zero-shot", 1): 3.0, ("gavamoe", 0): 10.0}  # gavamoe seed 1 unfinished
+    for p in planned:
+        p.run_dir.mkdir(parents=True)
+        (p.run_dir / "run.json").write_text(json.dumps(p.spec.to_dict()))
+        if (p.run, p.seed) in bleu:
+            (p.run_dir / "done.json").write_text(json.dumps(
+                {"metrics": {"bleu4": bleu[p.run, p.seed], "usr": 0.5}, "std": {}, "buckets": {}, "n": 9,
+                 "train_seconds": 1.0, "train_steps": 2, "generation": {"explanations": 9}}))
+    report = write_report(cfg, planned, tmp_path / "out").read_text()
+    assert "| zero-shot | 9 | 2.00 ± 1.41 | 0.5000 ± 0.0000 |" in report
+    assert "| gavamoe (seed1 partial) | 9 | **10.00** | 0.5000 |" in report
+    assert seed_stats([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert seed_stats([4.0]) == (4.0, None)

@@ -1,0 +1,231 @@
+"""`explainrec bench` end to end on configs/mini.yaml (tiny LLaMA, tiny synthetic data): report, resume, failures."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from explainrec.bench import harness
+from explainrec.bench.config import load_config, plan
+from explainrec.cli import app
+
+QUIET = dict(echo=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, write_config):
+    """The whole mini config, run once through the CLI: ``(folder, config path, CLI result)``."""
+    root = tmp_path_factory.mktemp("mini")
+    config = write_config(root / "mini.yaml", root / "out")
+    result = CliRunner().invoke(app, ["bench", str(config)])
+    return root, config, result
+
+
+def copy_of(finished, tmp_path, **changes):
+    """A private copy of the finished bench (runs and config) that a test may change."""
+    root, _, _ = finished
+    shutil.copytree(root / "out", tmp_path / "out")
+    config = yaml.safe_load((root / "mini.yaml").read_text())
+    config["out"] = str(tmp_path / "out")
+    config.update(changes)
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def count_run_one(monkeypatch) -> list[str]:
+    """Record the run folder of every run_one call the harness makes (the calls still happen)."""
+    calls: list[str] = []
+    real = harness.run_one
+
+    def counting(spec, run_dir, **kw):
+        calls.append(f"{run_dir.parent.name}")
+        return real(spec, run_dir, **kw)
+
+    monkeypatch.setattr(harness, "run_one", counting)
+    return calls
+
+
+def mtimes(out):
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.glob("*/*/seed*/done.json")}
+
+
+def test_mini_config_end_to_end(finished):
+    root, _, result = finished
+    out = root / "out"
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    for text in ("## How this was run", "explainrec bench", "## Main comparison (Table 2)", "| zero-shot |",
+                 "BLEU-4", "ROUGE-L", "Distinct-2", "USR", "## Ablation (Figure 3)", "| single-gate |",
+                 "## Number of gates K (Table 3)", "| vae-gmm-k3 | 3 |", "## Sparsity (Figure 4)", "**ds1**",
+                 "## Latent space (Figure 5)", "## Cost per run", "```yaml", "Machine:"):
+        assert text in report, text
+    for name in ("ablation_synthetic", "sparsity_synthetic", "gates_synthetic", "latent_synthetic_gavamoe_seed0",
+                 "latent_synthetic_vae-gmm-k3_seed0"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG", name
+        assert f"figures/{name}.png" in report
+    runs = out / "synthetic"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(load_config(root / "mini.yaml")["runs"])
+    for run in runs.iterdir():
+        assert (run / "seed0" / "done.json").exists(), run.name
+        assert not (run / "seed0" / "checkpoint").exists(), "keep_checkpoints: false"
+    # vae-gmm: stage 1 only, its numbers in done.json
+    done = json.loads((runs / "vae-gmm-k3" / "seed0" / "done.json").read_text())
+    assert len(done["stage1"]["cluster_sizes"]) == 3 and 0 <= done["stage1"]["test_auc"] <= 1
+    assert not (runs / "vae-gmm-k3" / "seed0" / "predictions.jsonl").exists()
+    # base, gavamoe and single-gate share stage-1 settings: fitted once (by base, the first), copied after
+    assert "stage 1 copied" in result.output
+    s1 = [(runs / r / "seed0" / "stage1" / "model.safetensors").read_bytes() for r in ("base", "gavamoe", "single-gate")]
+    assert s1[0] == s1[1] == s1[2]
+    log = [json.loads(x) for x in (out / "bench_log.jsonl").read_text().splitlines()]
+    assert log[-1]["done"] == 6 and log[-1]["failed"] == 0 and not log[-1]["interrupted"]
+
+
+def test_rerun_skips_finished_runs(finished, tmp_path, monkeypatch):
+    config = copy_of(finished, tmp_path)
+    before = mtimes(tmp_path / "out")
+    calls = count_run_one(monkeypatch)
+    result = harness.run_bench(config, **QUIET)
+    assert calls == [] and {o.status for o in result.outcomes} == {"skipped"}
+    assert mtimes(tmp_path / "out") == before
+    assert (tmp_path / "out" / "report.md").exists()
+
+
+def test_changed_option_reruns_only_that_run(finished, tmp_path, monkeypatch):
+    config = copy_of(finished, tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"]["gavamoe"]["options"] = {"max_steps": 3}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    before = mtimes(tmp_path / "out")
+    calls = count_run_one(monkeypatch)
+    lines: list[str] = []
+    result = harness.run_bench(config, echo=lines.append)
+    assert calls == ["gavamoe"]
+    assert {o.key: o.status for o in result.outcomes}["synthetic/gavamoe/seed0"] == "done"
+    after = mtimes(tmp_path / "out")
+    changed = {k for k in before if after[k] != before[k]}
+    assert changed == {"synthetic/gavamoe/seed0/done.json"}
+    done = json.loads((tmp_path / "out" / "synthetic" / "gavamoe" / "seed0" / "done.json").read_text())
+    assert done["train_steps"] == 3
+    assert any("settings changed" in x for x in lines)
+    assert any("stage 1 from" in x and x.rstrip().endswith("base/seed0/stage1") for x in lines)  # same stage 1
+
+
+def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypatch):
+    config = copy_of(finished, tmp_path)
+    (tmp_path / "out" / "report.md").unlink()
+    shutil.rmtree(tmp_path / "out" / "figures")
+    calls = count_run_one(monkeypatch)
+    result = CliRunner().invoke(app, ["bench", str(config), "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert calls == []
+    assert "| gavamoe |" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "figures" / "ablation_synthetic.png").exists()
+
+
+def test_interrupt_then_rerun_resumes(tmp_path, monkeypatch, write_config):
+    """Ctrl-C inside GaVaMoE's stage 2: the rerun keeps the finished run and the fitted stage 1, does the rest."""
+    import explainrec.methods.gavamoe.recipe as recipe
+    import explainrec.methods.gavamoe.stage1 as stage1
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot", "gavamoe", "vae-gmm-k3"])
+    run = tmp_path / "out" / "synthetic"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "run_loop", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            harness.run_bench(config, **QUIET)
+    assert (run / "zero-shot" / "seed0" / "done.json").exists()
+    assert (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").exists()
+    assert not (run / "gavamoe" / "seed0" / "done.json").exists()
+    assert not (run / "vae-gmm-k3").exists()
+    log = [json.loads(x) for x in (tmp_path / "out" / "bench_log.jsonl").read_text().splitlines()]
+    assert log[-1]["interrupted"] and log[-1]["done"] == 1
+
+    zero_shot_done = (run / "zero-shot" / "seed0" / "done.json").stat().st_mtime_ns
+    stage1_weights = (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").stat().st_mtime_ns
+    calls = count_run_one(monkeypatch)
+    fits: list[int] = []
+    real_fit = stage1.fit_clusters
+    monkeypatch.setattr(stage1, "fit_clusters", lambda ds, k, *a, **kw: fits.append(k) or real_fit(ds, k, *a, **kw))
+    result = harness.run_bench(config, **QUIET)
+    assert {o.key: o.status for o in result.outcomes} == {
+        "synthetic/zero-shot/seed0": "skipped", "synthetic/gavamoe/seed0": "done", "synthetic/vae-gmm-k3/seed0": "done"}
+    assert calls == ["gavamoe", "vae-gmm-k3"]
+    assert fits == [3]  # only the vae-gmm run's K=3; gavamoe kept its stage 1
+    assert (run / "zero-shot" / "seed0" / "done.json").stat().st_mtime_ns == zero_shot_done
+    assert (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").stat().st_mtime_ns == stage1_weights
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, write_config):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"])
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"] = {"broken": {"method": "vae-gmm", "options": {"clusters": 100000}}, **cfg["runs"]}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["bench", str(config)])
+    assert result.exit_code == 1
+    assert "FAILED synthetic/broken/seed0" in result.output
+    broken = tmp_path / "out" / "synthetic" / "broken" / "seed0"
+    assert "cannot fill 100000 clusters" in (broken / "error.txt").read_text()
+    assert "Traceback" in (broken / "error.txt").read_text()
+    assert (tmp_path / "out" / "synthetic" / "zero-shot" / "seed0" / "done.json").exists()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Failed runs" in report and "synthetic/broken/seed0" in report
+    # still failing on a rerun, the finished run untouched
+    again = CliRunner().invoke(app, ["bench", str(config)])
+    assert again.exit_code == 1 and "finished before, skipped" in again.output
+
+
+def test_dry_run_and_only(tmp_path, write_config):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out")
+    result = CliRunner().invoke(app, ["bench", str(config), "--dry-run", "--only", "synthetic/gavamoe*,xrec"])
+    assert result.exit_code == 0, result.output
+    assert "[   todo] synthetic/gavamoe/seed0: gavamoe" in result.output
+    assert "synthetic/xrec/seed0" in result.output and "zero-shot" not in result.output
+    assert "2 run(s) of 6" in result.output
+    assert not (tmp_path / "out" / "synthetic").exists()
+    none = CliRunner().invoke(app, ["bench", str(config), "--only", "nothing*"])
+    assert none.exit_code == 2 and "matches none" in none.output
+
+
+def test_parallel_jobs(tmp_path, write_config):
+    """Two stage-1-only runs in two worker processes (vae-gmm keeps the workers' imports light)."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["vae-gmm-k3"], jobs=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"]["vae-gmm-k2"] = {"method": "vae-gmm", "options": {"clusters": 2}}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = harness.run_bench(config, **QUIET)
+    assert [o.status for o in result.outcomes] == ["done", "done"], [o.error for o in result.outcomes]
+    for run in ("vae-gmm-k3", "vae-gmm-k2"):
+        assert (tmp_path / "out" / "synthetic" / run / "seed0" / "done.json").exists()
+        assert (tmp_path / "out" / "logs" / f"synthetic_{run}_seed0.log").exists()
+
+
+def test_plan_covers_every_seed_and_dataset(tmp_path, write_config):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", seeds=[0, 1],
+                          datasets={"a": "synthetic:users=30,items=25,types=2", "b": "synthetic:users=40"})
+    planned = plan(load_config(config))
+    assert len(planned) == 2 * 2 * 6
+    assert planned[0].run_dir == tmp_path / "out" / "a" / "zero-shot" / "seed0"
+    assert harness.select(planned, ["b/*/seed1"]) == [p for p in planned if p.dataset == "b" and p.seed == 1]
+
+
+def test_sigterm_stops_the_bench_like_ctrl_c(tmp_path, monkeypatch, write_config):
+    import os
+    import signal
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"])
+    monkeypatch.setattr(harness, "run_one", lambda *a, **kw: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run_bench(config, **QUIET)
+    assert signal.getsignal(signal.SIGTERM) is before
+    log = json.loads((tmp_path / "out" / "bench_log.jsonl").read_text().splitlines()[-1])
+    assert log["interrupted"] and log["done"] == 0
