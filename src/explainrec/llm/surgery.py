@@ -151,7 +151,8 @@ def moe_upcycle(
       total and active parameters as the "w/o fine-grained experts" ablation below. Why not the paper's top-2:
       upcycled experts drop the dense neurons a token does not route to, and with half of them gone the LM
       breaks. Measured at init on 32 Amazon test explanations (1,720 tokens, router std 0.02, one gate): dense
-      NLL 3.74; 8x384 top-4 7.33; 8x384 top-2 13.97 (scale 1: 14.16); 12x128 top-2 (the paper's ratio) 15.47;
+      NLL 3.74; 8x384 top-4 3.75 with mirrored routers (7.33 with independent ones); 8x384 top-2 13.97
+      (scale 1: 14.16); 12x128 top-2 (the paper's ratio) 15.47;
       random experts (the reference release) 25.71; coarse 2x1536 top-1 3.74 (exact). ``top_k=2`` remains the
       paper-faithful, cheaper option (half the FFN compute). With ``router_init_std=0`` all logits tie and CPU
       ``topk`` picks experts 0-3, one copy of every neuron: the 8x384 top-4 model then starts exactly dense

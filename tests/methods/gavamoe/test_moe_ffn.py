@@ -75,6 +75,28 @@ def test_coarse_upcycled_experts_equal_dense_for_any_routing():
     torch.testing.assert_close(got, mlp(x), atol=1e-5, rtol=1e-5)
 
 
+def test_doubly_covered_upcycling_starts_as_the_dense_ffn():
+    """8 experts of I/4 neurons, top-4: each neuron is in experts j and j+4; the mirrored router picks one of each
+    pair for every token, so the top-4 experts always cover the FFN once (the default SmolLM2 setting)."""
+    mlp = dense_mlp()
+    moe = MultiGatedMoE.from_dense(mlp, n_experts=8, top_k=4, n_gates=3, expert_size=I // 4)
+    x = torch.randn(3, 5, H)
+    with routing([0, 2, 1], track_samples=True) as ctx:
+        got = moe(x)
+    ids = torch.tensor([0, 2, 1]).repeat_interleave(5)
+    logits = torch.einsum("nh,neh->ne", x.reshape(-1, H), moe.router.weight[ids])
+    chosen = logits.topk(4, dim=-1).indices % 4  # expert j and j+4 hold the same neurons
+    assert all(sorted(row.tolist()) == [0, 1, 2, 3] for row in chosen)
+    # near-uniform weights at the small init: close to the dense FFN (exact in the limit of a zero router)
+    assert (got - mlp(x)).norm() < 0.1 * mlp(x).norm()
+    assert ctx.sample_usage.sum() == 3 * 5 * 4
+    zero = MultiGatedMoE.from_dense(mlp, n_experts=8, top_k=4, n_gates=3, expert_size=I // 4, router_init_std=1.0)
+    zero.router.weight.data[:, :4] = 1e-4 * torch.randn(3, 4, H)
+    zero.router.weight.data[:, 4:] = -zero.router.weight.data[:, :4]
+    with routing([0, 2, 1]):
+        assert (zero(x) - mlp(x)).norm() < 1e-2 * mlp(x).norm()
+
+
 def test_upcycle_slices_partition_and_wrap():
     assert upcycle_slices(8, 2, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     wrapped = upcycle_slices(10, 3, 4)  # 12 > 10 neurons: the last expert wraps around to the start

@@ -31,7 +31,8 @@ class MoEConfig:
 
     Why top-4 and not the paper's top-2: with 8 upcycled experts of a quarter FFN each, 4 active experts run the same
     compute as the dense FFN and keep far more of the pretrained model at step one (explanation NLL at init on 32
-    amazon test pairs: dense 3.74, top-4 7.33, top-2 13.97, random experts 25.7; `benchmarks/bench_moe_layer.py
+    amazon test pairs: dense 3.74, top-4 3.75 with the mirrored router init of ``MultiGatedMoE.from_dense``
+    (7.33 without it), top-2 13.97, random experts 25.7; `benchmarks/bench_moe_layer.py
     --upcycle-nll`). The paper's 8B setting is ``n_experts=12, top_k=2`` with 1280-neuron experts.
     """
 
