@@ -189,6 +189,33 @@ def evaluate(
 
 @app.command()
 @_friendly_errors
+def compare(
+    predictions_a: Path = typer.Argument(..., help="Predictions of method A (JSON lines, as for evaluate)."),
+    predictions_b: Path = typer.Argument(..., help="Predictions of method B on the same test pairs."),
+    names: Optional[str] = typer.Option(None, "--names", help="Labels 'A,B' for the table (default: the parent folders)."),
+    bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compare BERTScore too (needs the encoder)."),
+    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap and permutation resamples."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
+) -> None:
+    """Paired test of B against A on the pairs both explained: mean gap, bootstrap 95% interval, permutation p."""
+    from explainrec.io import atomic_write_json
+    from explainrec.metrics import load_predictions
+    from explainrec.metrics.significance import compare as run_compare
+    from explainrec.metrics.significance import to_markdown as compare_markdown
+
+    labels = tuple(names.split(",", 1)) if names else (predictions_a.parent.name, predictions_b.parent.name)
+    if len(labels) != 2 or not all(label.strip() for label in labels):
+        raise typer.BadParameter(f"--names takes two labels 'A,B'; got {names!r}")
+    result = run_compare(load_predictions(predictions_a), load_predictions(predictions_b), names=labels,
+                         bertscore=bertscore, n_resamples=resamples)
+    typer.echo(compare_markdown(result))
+    if out is not None:
+        atomic_write_json(out, result)
+        typer.echo(f"\nwrote {out}")
+
+
+@app.command()
+@_friendly_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for both runs and the comparison table."),
     model: str = typer.Option("smollm2-135m", "--model", help="LLM: embedded default, HF id, local folder, or 'tiny'."),

@@ -69,6 +69,10 @@ def test_mini_config_end_to_end(finished):
         assert png.read_bytes()[:4] == b"\x89PNG", name
         assert f"figures/{name}.png" in report
     runs = out / "synthetic"
+    # the cost table shows each trained run's last validation NLL, as its train_summary.json has it
+    nll = json.loads((runs / "gavamoe" / "seed0" / "train_summary.json").read_text())["last_valid"]["valid_nll"]
+    cost_row = next(line for line in report.splitlines() if line.startswith("| synthetic/gavamoe/seed0 | done |"))
+    assert f"| {nll:.3f} |" in cost_row
     assert sorted(p.name for p in runs.iterdir()) == sorted(load_config(root / "mini.yaml")["runs"])
     for run in runs.iterdir():
         assert (run / "seed0" / "done.json").exists(), run.name

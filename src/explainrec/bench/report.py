@@ -40,6 +40,7 @@ class RunResult:
     state: str  # done | failed | partial | todo | stale  (see harness.run_state)
     done: dict | None = None
     stage1: dict | None = None  # RUN/stage1/metrics.json
+    train: dict | None = None  # RUN/train_summary.json (trained methods)
     error: str | None = None  # last line of RUN/error.txt
 
 
@@ -51,6 +52,7 @@ def collect(planned: list[PlannedRun]) -> list[RunResult]:
         r = RunResult(p, run_state(p))
         if r.state == "done":
             r.done = _read_json(p.run_dir / "done.json")
+            r.train = _read_json(p.run_dir / "train_summary.json")
         if r.state != "stale":
             r.stage1 = _read_json(p.run_dir / "stage1" / "metrics.json")
         if r.state == "failed":
@@ -371,10 +373,10 @@ SECTIONS = {"main": section_main, "ablation": section_ablation, "gates": section
 def section_costs(results: list[RunResult]) -> list[str]:
     lines = ["## Cost per run", "",
              "Train time: the method's own training clock (stage 2 for GaVaMoE; for vae-gmm stage 1, whose steps are "
-             "epochs). Wall: the "
+             "epochs). Valid NLL: the explanation NLL on the validation pairs at the last validation. Wall: the "
              "last call that finished the run (train / explain / evaluate), including model loading.", "",
-             "| Run | state | train steps | train time | explained | new tokens | tokens/s | explanations/s | wall (train / explain / evaluate) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| Run | state | train steps | train time | valid NLL | explained | new tokens | tokens/s | explanations/s | wall (train / explain / evaluate) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         p, d = r.planned, r.done or {}
         gen = d.get("generation") or {}
@@ -385,7 +387,8 @@ def section_costs(results: list[RunResult]) -> list[str]:
 
         lines.append(
             f"| {p.dataset}/{p.run}/seed{p.seed} | {r.state} | {num(d.get('train_steps'), '{}')} | "
-            f"{num(d.get('train_seconds'), '{:.0f} s')} | {num(gen.get('explanations'), '{}')} | "
+            f"{num(d.get('train_seconds'), '{:.0f} s')} | {num(((r.train or {}).get('last_valid') or {}).get('valid_nll'), '{:.3f}')} | "
+            f"{num(gen.get('explanations'), '{}')} | "
             f"{num(gen.get('new_tokens'), '{}')} | {num(gen.get('tokens_per_s'))} | {num(gen.get('explanations_per_s'), '{:.2f}')} | "
             + (" / ".join(f"{wall.get(k, 0):.0f}" for k in ("train", "explain", "evaluate")) + " s" if wall else "–") + " |")
     return lines + [""]

@@ -1,0 +1,113 @@
+"""Paired comparison of two methods on the same (user, item) pairs: is a gap bigger than the test set's noise?
+
+With ~300 test pairs per dataset, a point or two of ROUGE-L or BERTScore can come from which pairs happen to be in
+the split. Pairing the two methods' scores pair by pair removes the pairs' own difficulty from the comparison; the
+bootstrap gives a confidence interval of the mean gap and a sign-flip permutation test its p-value (both from
+scipy.stats). Only per-pair metrics are compared (sentence BLEU, ROUGE, BERTScore, length); corpus-level BLEU and
+Distinct have no per-pair value.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from explainrec.data.schema import DataError
+from explainrec.metrics.predictions import check_rows
+from explainrec.metrics.report import evaluate
+
+# per-pair metrics worth a test, in report order (avg_len is there to show a length difference, not as a quality)
+PAIRED_METRICS = ("sent_bleu", "rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1", "avg_len")
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Mean of ``b - a`` with its bootstrap confidence interval (percentile) and a two-sided permutation p-value.
+
+    The p-value flips the sign of each pair's difference at random (the null: the two methods are exchangeable on
+    every pair); with few pairs scipy enumerates all flips exactly.
+    """
+    from scipy import stats
+
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.shape != b_arr.shape or a_arr.ndim != 1:
+        raise ValueError(f"need two 1-D score lists of one length; got {a_arr.shape} and {b_arr.shape}")
+    if a_arr.size < 2:
+        raise ValueError(f"need at least 2 paired scores; got {a_arr.size}")
+    diff = b_arr - a_arr
+    mean = float(diff.mean())
+    if np.allclose(diff, diff[0]):  # no spread: the interval is the point, and a sign flip test is meaningless
+        return {"mean_a": float(a_arr.mean()), "mean_b": float(b_arr.mean()), "diff": mean, "ci_low": mean,
+                "ci_high": mean, "p_value": 1.0 if mean == 0 else 0.0, "n": int(diff.size)}
+    rng = np.random.default_rng(seed)
+    boot = stats.bootstrap((diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                           method="percentile", rng=rng)
+    perm = stats.permutation_test((diff,), np.mean, permutation_type="samples", n_resamples=n_resamples,
+                                  alternative="two-sided", rng=rng)
+    return {"mean_a": float(a_arr.mean()), "mean_b": float(b_arr.mean()), "diff": mean,
+            "ci_low": float(boot.confidence_interval.low), "ci_high": float(boot.confidence_interval.high),
+            "p_value": float(perm.pvalue), "n": int(diff.size)}
+
+
+def align(rows_a: Sequence[dict], rows_b: Sequence[dict], names: tuple[str, str] = ("A", "B")) -> tuple[list, list]:
+    """The rows of both files on the pairs they share, in A's order, keyed by (user, item) when every row has
+    them, else by position; refuses files whose references differ on a shared pair (not the same test set)."""
+    rows_a, rows_b = check_rows(rows_a, names[0]), check_rows(rows_b, names[1])
+    keyed = all(r.get("user") is not None and r.get("item") is not None for r in [*rows_a, *rows_b])
+    if not keyed:
+        if len(rows_a) != len(rows_b):
+            raise DataError(f"{names[0]} has {len(rows_a)} rows and {names[1]} {len(rows_b)}, and without user/item "
+                            "fields they can only be paired by position")
+        pairs = list(zip(rows_a, rows_b))
+    else:
+        by_key = {(str(r["user"]), str(r["item"])): r for r in rows_b}
+        pairs = [(r, by_key[k]) for r in rows_a if (k := (str(r["user"]), str(r["item"]))) in by_key]
+        if not pairs:
+            raise DataError(f"{names[0]} and {names[1]} share no (user, item) pair")
+    for i, (ra, rb) in enumerate(pairs):
+        if ra["reference"].strip() != rb["reference"].strip():
+            where = f"user {ra['user']}, item {ra['item']}" if keyed else f"row {i + 1}"
+            raise DataError(f"{names[0]} and {names[1]} have different references for {where}: not the same test set")
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def compare(
+    rows_a: Sequence[dict],
+    rows_b: Sequence[dict],
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    bertscore: bool = True,
+    bertscore_model: str = "minilm",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict:
+    """``{"names", "n", "unpaired": (len A, len B), "metrics": {metric: paired_bootstrap(...)}}``, B minus A."""
+    n_a, n_b = len(rows_a), len(rows_b)
+    paired_a, paired_b = align(rows_a, rows_b, names)
+    kw = {"bertscore": bertscore, "bertscore_model": bertscore_model, "buckets": False, "per_example": True}
+    if bertscore:
+        from explainrec.metrics.semantic import BertScoreModel
+
+        kw["bertscore_kwargs"] = {"scorer": BertScoreModel(bertscore_model)}  # load the encoder once for both
+    per_a = evaluate(paired_a, **kw)["per_example"]
+    per_b = evaluate(paired_b, **kw)["per_example"]
+    metrics = {m: paired_bootstrap(per_a[m], per_b[m], n_resamples=n_resamples, seed=seed)
+               for m in PAIRED_METRICS if m in per_a}
+    return {"names": list(names), "n": len(paired_a), "unpaired": [n_a - len(paired_a), n_b - len(paired_b)],
+            "metrics": metrics, "n_resamples": n_resamples, "seed": seed}
+
+
+def to_markdown(result: dict) -> str:
+    """A table: both means, the gap B - A with its 95% interval, and the p-value."""
+    a, b = result["names"]
+    lines = [f"Paired comparison on {result['n']} shared pairs: {b} minus {a} (bootstrap 95% interval, "
+             f"sign-flip permutation p; {result['n_resamples']} resamples, seed {result['seed']})", "",
+             f"| metric | {a} | {b} | {b} - {a} | 95% interval | p |", "|---|---:|---:|---:|---|---:|"]
+    for name, r in result["metrics"].items():
+        lines.append(f"| {name} | {r['mean_a']:.2f} | {r['mean_b']:.2f} | {r['diff']:+.2f} | "
+                     f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['p_value']:.3g} |")
+    if any(result["unpaired"]):
+        lines += ["", f"Left out (no partner in the other file): {result['unpaired'][0]} rows of {a}, "
+                      f"{result['unpaired'][1]} of {b}."]
+    return "\n".join(lines)

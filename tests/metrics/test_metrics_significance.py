@@ -1,0 +1,85 @@
+"""Paired comparison of two prediction files: bootstrap interval, permutation p, pairing by (user, item)."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from explainrec.cli import app
+from explainrec.data.schema import DataError
+from explainrec.metrics.significance import align, compare, paired_bootstrap
+
+REFS = ["the user loves thrilling mysteries", "the pizza is great and the staff friendly",
+        "a cozy romance for a rainy day", "a fun read with strong and funny characters",
+        "the coffee is good but the service is slow", "quiet rooms and a helpful front desk"]
+
+
+def _rows(preds, order=None):
+    order = order if order is not None else range(len(REFS))
+    return [{"user": f"u{i}", "item": f"i{i}", "prediction": preds[i], "reference": REFS[i]} for i in order]
+
+
+def test_a_clear_gain_has_an_interval_above_zero_and_a_small_p():
+    rng = np.random.default_rng(1)
+    a = rng.normal(30, 8, size=300)
+    b = a + 2 + rng.normal(0, 1, size=300)  # every pair gains about 2 points
+    res = paired_bootstrap(a, b, n_resamples=2000)
+    assert res["diff"] == pytest.approx(float((b - a).mean()))
+    assert 0 < res["ci_low"] < res["diff"] < res["ci_high"]
+    assert res["p_value"] < 0.01
+    flipped = paired_bootstrap(b, a, n_resamples=2000)
+    assert flipped["ci_high"] < 0 and flipped["diff"] == pytest.approx(-res["diff"])
+
+
+def test_no_gain_gives_an_interval_around_zero_and_a_large_p():
+    rng = np.random.default_rng(2)
+    a = rng.normal(30, 8, size=300)
+    b = a + rng.normal(0, 3, size=300)
+    res = paired_bootstrap(a, b, n_resamples=2000)
+    assert res["ci_low"] < 0 < res["ci_high"]
+    assert res["p_value"] > 0.05
+
+
+def test_identical_scores_give_a_zero_gap():
+    res = paired_bootstrap([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert (res["diff"], res["ci_low"], res["ci_high"], res["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap([1.0, 2.0], [1.0])
+
+
+def test_align_pairs_by_user_item_whatever_the_order_and_drops_unmatched():
+    a = _rows(["x"] * 6)
+    b = _rows(["y"] * 6, order=[5, 3, 1, 0])
+    pa, pb = align(a, b)
+    assert [(r["user"], r["item"]) for r in pa] == [(r["user"], r["item"]) for r in pb] == [
+        ("u0", "i0"), ("u1", "i1"), ("u3", "i3"), ("u5", "i5")]
+
+
+def test_align_refuses_different_test_sets():
+    a = _rows(["x"] * 6)
+    b = _rows(["y"] * 6)
+    b[2]["reference"] = "something else entirely"
+    with pytest.raises(DataError, match="different references for user u2, item i2"):
+        align(a, b, ("base", "gavamoe"))
+
+
+def test_compare_scores_the_shared_pairs_b_minus_a():
+    good = _rows(REFS)  # B repeats the references
+    bad = _rows(["nothing to do with it"] * 6, order=[0, 1, 2, 3, 4])
+    res = compare(bad, good, names=("bad", "good"), bertscore=False, n_resamples=500)
+    assert res["n"] == 5 and res["unpaired"] == [0, 1]
+    rouge_l = res["metrics"]["rougeL"]
+    assert rouge_l["mean_b"] == pytest.approx(100.0) and rouge_l["diff"] > 50
+    assert "bertscore_f1" not in res["metrics"]
+
+
+def test_cli_compare_prints_the_table_and_writes_json(tmp_path):
+    a, b = tmp_path / "base" / "p.jsonl", tmp_path / "gavamoe" / "p.jsonl"
+    for path, preds in ((a, ["nothing to do with it"] * 6), (b, REFS)):
+        path.parent.mkdir()
+        path.write_text("\n".join(json.dumps(r) for r in _rows(preds)) + "\n")
+    out = tmp_path / "cmp.json"
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--no-bertscore", "--resamples", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "gavamoe - base" in res.output and "| rougeL |" in res.output
+    assert json.loads(out.read_text())["names"] == ["base", "gavamoe"]
