@@ -49,9 +49,11 @@ def main() -> None:
         explain_pairs(model, tokenizer, examples, [ex.user for ex in examples], [ex.item for ex in examples], users,
                       items, max_new_tokens=args.new_tokens, batch_size=len(examples))
     weight = moes[0].router.weight.detach()
+    drift = ("paired (rows tied for good)" if moes[0].router.paired
+             else f"mean |w_j + w_(j+{half})| {(weight[:, half:] + weight[:, :half]).abs().mean():.4f}")
     print(f"{args.run}: {counts['routings']} (token, layer) routings, "
           f"{counts['full'] / counts['routings']:.3f} cover every neuron group; layer 0 router: mean |w| "
-          f"{weight.abs().mean():.4f}, mean |w_j + w_(j+{half})| {(weight[:, half:] + weight[:, :half]).abs().mean():.4f}")
+          f"{weight.abs().mean():.4f}, {drift}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def moe_upcycle(
     output_scale: float | None = None,
     normalize_weights: bool = True,
     router_init_std: float = 0.02,
+    paired_router: bool = False,
     dispatch: str = "auto",
     layers: Sequence[int] | None = None,
 ) -> SurgeryReport:
@@ -192,6 +193,7 @@ def moe_upcycle(
             output_scale=output_scale,
             normalize_weights=normalize_weights,
             router_init_std=router_init_std,
+            paired_router=paired_router,
             dispatch=dispatch,
         )
 

@@ -97,6 +97,31 @@ def test_doubly_covered_upcycling_starts_as_the_dense_ffn():
         assert (zero(x) - mlp(x)).norm() < 1e-2 * mlp(x).norm()
 
 
+def test_paired_router_keeps_one_expert_of_each_pair_after_training():
+    """paired_router: rows only for experts 0..3, expert j+4 scores -logit_j; however far training moves the
+    router, top-4 takes one copy of each neuron group (a free router drifts into taking both copies of a pair)."""
+    mlp = dense_mlp()
+    moe = MultiGatedMoE.from_dense(mlp, n_experts=8, top_k=4, n_gates=3, expert_size=I // 4, paired_router=True)
+    assert tuple(moe.router.weight.shape) == (3, 4, H)
+    x = torch.randn(3, 5, H)
+    ids = torch.tensor([0, 2, 1])
+    moe.router.weight.data = 1e-4 * torch.randn(3, 4, H)  # near-uniform weights: exactly dense in the limit
+    with routing(ids):
+        assert (moe(x) - mlp(x)).norm() < 1e-2 * mlp(x).norm()
+    opt = torch.optim.Adam(moe.router.parameters(), lr=0.5)  # a big, noisy "training" of the routers
+    for _ in range(3):
+        with routing(ids):
+            moe(torch.randn(3, 5, H)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    logits = moe.router(x, ids)  # (B, T, E)
+    torch.testing.assert_close(logits[..., 4:], -logits[..., :4])
+    chosen = logits.topk(4, dim=-1).indices % 4
+    assert all(sorted(row.tolist()) == [0, 1, 2, 3] for row in chosen.reshape(-1, 4))
+    with pytest.raises(ValueError, match="even number"):
+        MultiGatedMoE(H, I // 4, 5, 2, 1, paired_router=True)
+
+
 def test_upcycle_slices_partition_and_wrap():
     assert upcycle_slices(8, 2, 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     wrapped = upcycle_slices(10, 3, 4)  # 12 > 10 neurons: the last expert wraps around to the start

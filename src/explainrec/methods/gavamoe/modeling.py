@@ -43,6 +43,7 @@ class MoEConfig:
     init: str = "upcycle"
     load_balance_coef: float = 0.01
     router_z_coef: float = 0.001
+    paired_router: bool = False  # tie the router rows of each doubly covered expert pair (see MultiGateRouter)
 
     def surgery_kwargs(self, n_clusters: int) -> dict | None:
         """Arguments of :func:`explainrec.llm.surgery.moe_upcycle`, or None for the dense ``base`` variant."""
@@ -53,7 +54,11 @@ class MoEConfig:
         if self.variant == "coarse":  # same total parameters as the default, full-size experts
             return dict(n_clusters=n_clusters, n_experts=2, top_k=1, granularity=1, init=self.init)
         gates = 1 if self.variant == "single-gate" else n_clusters
-        return dict(n_clusters=gates, n_experts=self.n_experts, top_k=self.top_k, granularity=self.granularity, init=self.init)
+        kwargs = dict(n_clusters=gates, n_experts=self.n_experts, top_k=self.top_k, granularity=self.granularity,
+                      init=self.init)
+        if self.paired_router:
+            kwargs["paired_router"] = True
+        return kwargs
 
 
 @dataclass

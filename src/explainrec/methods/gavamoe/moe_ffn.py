@@ -88,9 +88,13 @@ class MultiGateRouter(nn.Module):
     A module of its own so that PEFT can keep it trainable (``modules_to_save=["router"]``).
     """
 
-    def __init__(self, n_gates: int, n_experts: int, hidden_size: int, init_std: float = 0.02):
+    def __init__(self, n_gates: int, n_experts: int, hidden_size: int, init_std: float = 0.02, paired: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_gates, n_experts, hidden_size))
+        if paired and n_experts % 2:
+            raise ValueError(f"a paired router needs an even number of experts; got {n_experts}")
+        self.n_experts, self.paired = n_experts, paired
+        # paired: only experts 0..E/2-1 have rows; expert j + E/2 scores -logit_j, so top-E/2 takes one of each pair
+        self.weight = nn.Parameter(torch.empty(n_gates, n_experts // 2 if paired else n_experts, hidden_size))
         # std 0.02 (LLaMA's initializer_range): small logits, so routing starts near uniform, yet ties in top-k
         # are broken per token instead of sending every token to experts 0..k-1 as an all-zero router would.
         if init_std > 0:
@@ -100,11 +104,12 @@ class MultiGateRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, gate_ids: torch.Tensor) -> torch.Tensor:
         """x ``(B, T, H)``, gate_ids ``(B,)`` -> logits ``(B, T, E)``."""
-        n_gates, n_experts, hidden = self.weight.shape
+        n_gates, n_rows, hidden = self.weight.shape
         # all K gates in one matmul, then each sample keeps its own: cheaper than gathering (B, E, H) router copies
-        logits = (x @ self.weight.view(n_gates * n_experts, hidden).t()).unflatten(-1, (n_gates, n_experts))  # (B, T, K, E)
-        pick = gate_ids.view(-1, 1, 1, 1).expand(-1, x.shape[1], 1, n_experts)  # (B, T, 1, E)
-        return logits.gather(2, pick).squeeze(2)  # (B, T, E)
+        logits = (x @ self.weight.view(n_gates * n_rows, hidden).t()).unflatten(-1, (n_gates, n_rows))  # (B, T, K, R)
+        pick = gate_ids.view(-1, 1, 1, 1).expand(-1, x.shape[1], 1, n_rows)  # (B, T, 1, R)
+        logits = logits.gather(2, pick).squeeze(2)  # (B, T, R)
+        return torch.cat([logits, -logits], dim=-1) if self.paired else logits  # (B, T, E)
 
 
 class StackedSwiGLUExperts(nn.Module):
@@ -205,6 +210,10 @@ class MultiGatedMoE(nn.Module):
             renormalisation); False keeps the raw softmax values.
         router_init_std: std of the normal router init; 0 gives all-zero routers (uniform softmax).
         expert_init_std: std of the normal expert init (overwritten by upcycling).
+        paired_router: score expert ``j + E/2`` as ``-logit_j`` for good (rows stored for the first half only), so
+            top-``E/2`` always takes exactly one expert of each pair. With doubly covered upcycled experts (the
+            SmolLM2 default) every token then keeps the whole FFN and routing picks which copy of each neuron group
+            it uses; the free mirrored init drifts, and a token that takes both copies of a pair loses another.
         dispatch: ``auto`` | ``grouped`` | ``loop`` | ``dense``, see :class:`StackedSwiGLUExperts`.
 
     Forward: ``(B, T, H) -> (B, T, H)``, inside ``routing(cluster_ids)`` whenever ``n_gates > 1``.
@@ -225,6 +234,7 @@ class MultiGatedMoE(nn.Module):
         normalize_weights: bool = True,
         router_init_std: float = 0.02,
         expert_init_std: float = 0.02,
+        paired_router: bool = False,
         dispatch: str = "auto",
     ):
         super().__init__()
@@ -237,7 +247,7 @@ class MultiGatedMoE(nn.Module):
         self.hidden_size, self.expert_size = hidden_size, expert_size
         self.n_experts, self.top_k, self.n_gates = n_experts, top_k, n_gates
         self.normalize_weights, self.dispatch = normalize_weights, dispatch
-        self.router = MultiGateRouter(n_gates, n_experts, hidden_size, init_std=router_init_std)
+        self.router = MultiGateRouter(n_gates, n_experts, hidden_size, init_std=router_init_std, paired=paired_router)
         self.experts = StackedSwiGLUExperts(n_experts, hidden_size, expert_size, act_fn, init_std=expert_init_std)
         # saved with the weights: a model rebuilt with init="random" and then loaded gets the trained scale back
         self.register_buffer("output_scale", torch.tensor(float(output_scale)))
@@ -285,7 +295,7 @@ class MultiGatedMoE(nn.Module):
                 moe.experts.gate_proj.copy_(mlp.gate_proj.weight[idx])  # (E, I_e, H)
                 moe.experts.up_proj.copy_(mlp.up_proj.weight[idx])  # (E, I_e, H)
                 moe.experts.down_proj.copy_(mlp.down_proj.weight[:, idx].permute(1, 0, 2))  # (H, E, I_e) -> (E, H, I_e)
-                if n_experts * expert_size == 2 * dense_size and 2 * top_k == n_experts:
+                if n_experts * expert_size == 2 * dense_size and 2 * top_k == n_experts and not moe.router.paired:
                     # Every neuron sits in two experts, j and j + E/2 (identical at init). Mirrored router rows
                     # (w_{j+E/2} = -w_j) make top-k pick exactly one expert of each pair for every token, with
                     # near-uniform weights at the small init: the MoE starts as the dense FFN, not a random half
