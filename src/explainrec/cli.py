@@ -290,6 +290,7 @@ def gavamoe_train(
     top_k: int = typer.Option(4, "--top-k", help="Experts active per token (paper, 8B: 2; 4 keeps SmolLM2's FFN compute)."),
     granularity: int = typer.Option(4, "--granularity", help="r: an expert has 1/r of the dense FFN's neurons."),
     init: str = typer.Option("upcycle", "--init", help="upcycle (split the pretrained FFN) or random (reference release)."),
+    paired_router: bool = typer.Option(True, "--paired-router/--free-router", help="Tie the router rows of each doubly covered expert pair (upcycled, top-k = experts/2), so every token keeps one copy of each neuron group."),
     alpha: float = typer.Option(0.1, "--alpha", help="Weight of the ELBO in alpha*ELBO + (1-alpha)*NLL."),
     lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (paper: 3e-5 on 8B)."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over the training explanations (paper: 3)."),
@@ -314,7 +315,8 @@ def gavamoe_train(
         model=model, clusters=clusters, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size,
         grad_accum=grad_accum, clip=clip, max_minutes=max_minutes, max_steps=max_steps,
         trainable=tuple(t.strip() for t in trainable.split(",") if t.strip()), lora_r=lora_r, seed=seed,
-        moe=MoEConfig(variant=variant, n_experts=experts, top_k=top_k, granularity=granularity, init=init),
+        moe=MoEConfig(variant=variant, n_experts=experts, top_k=top_k, granularity=granularity, init=init,
+                      paired_router=paired_router),
         stage1={"epochs": stage1_epochs},
     )
     summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)

@@ -86,7 +86,7 @@ def test_moe_upcycle_counts_and_settings():
     assert report.mlp_params_before == LAYERS * DENSE_MLP
     assert report.mlp_params_after == LAYERS * moe_params
     assert report.params_after == n_params(model) == before + LAYERS * (moe_params - DENSE_MLP)
-    assert report.details == {"gates": 3, "experts": 8, "top_k": 2, "expert_size": 32, "init": "upcycle"}
+    assert report.details == {"gates": 3, "experts": 8, "top_k": 2, "expert_size": 32, "init": "upcycle", "router": "free"}
     moe = model.model.layers[0].mlp
     assert isinstance(moe, MultiGatedMoE) and moe.output_scale == 4.0
     assert "gates=3" in str(report) and "(0..1)" in str(report)

@@ -197,5 +197,6 @@ def moe_upcycle(
             dispatch=dispatch,
         )
 
-    details = {"gates": n_clusters, "experts": n_experts, "top_k": top_k, "expert_size": expert_size, "init": init}
+    details = {"gates": n_clusters, "experts": n_experts, "top_k": top_k, "expert_size": expert_size, "init": init,
+               "router": "paired" if paired_router else "free"}
     return replace_mlps(model, factory, layers=layers, details=details)

@@ -95,6 +95,38 @@ def test_ablation_variants_run(data, variant):
         assert "load_balance" not in out.parts
 
 
+def test_router_paired_by_default_only_where_experts_doubly_cover_the_ffn(data, tmp_path):
+    from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
+    from explainrec.methods.gavamoe.persist import load, save_pretrained
+
+    def paired(**kw):
+        return MoEConfig(**kw).surgery_kwargs(K).get("paired_router", False)
+
+    assert paired() and paired(variant="coarse") and paired(variant="single-gate")  # 8 x 384 top-4; 2 x 1536 top-1
+    assert not paired(paired_router=False) and not paired(init="random")
+    assert not paired(n_experts=12, top_k=2, granularity=4)  # the paper's 8B layout: neurons not doubly covered
+    assert MoEConfig(variant="base").surgery_kwargs(K) is None
+
+    def routers(model):
+        return [m.router for m in model.modules() if isinstance(m, MultiGatedMoE)]
+
+    model, tok, cfg = _model(data)
+    assert all(r.paired and r.weight.shape[1] == 2 for r in routers(model))  # rows for experts 0, 1 of 4
+    # a free-router model (the default before the paired router) saves and loads back as free
+    torch.manual_seed(0)
+    llm, tok = load_llm("tiny")
+    vae = VaeGmm(data.n_users, data.n_items, n_clusters=K, embed_dim=16, latent_dim=8)
+    cfg = TrainConfig(model="tiny", clusters=K, moe=MoEConfig(n_experts=4, top_k=2, granularity=2, paired_router=False))
+    free, tok, _ = build_model(cfg, data, vae, llm=llm, tokenizer=tok)
+    assert all(not r.paired and r.weight.shape[1] == 4 for r in routers(free))
+    save_pretrained(free.eval(), tok, tmp_path / "m", config=cfg.to_dict(), dataset=data)
+    loaded = load(tmp_path / "m")[0]
+    assert all(not r.paired for r in routers(loaded))
+    batch = _batch(data, tok, cfg, n=2)
+    with torch.no_grad():
+        torch.testing.assert_close(free(**batch).loss, loaded(**batch).loss)
+
+
 def test_save_load_same_outputs(data, tmp_path):
     from explainrec.methods.gavamoe.explain import explain_pairs
     from explainrec.methods.gavamoe.persist import load, save_pretrained
