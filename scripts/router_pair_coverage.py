@@ -6,7 +6,7 @@ Training moves the router rows apart; a token whose top-4 then takes both expert
 neurons altogether. This prints the share of (token, layer) routings that still cover every neuron group while the
 model explains a few test pairs, and how far layer 0's router has left the mirror.
 
-    python scripts/router_pair_coverage.py runs/bench/xrec/google/gavamoe-128/seed0 ../shared/data/xrec/google
+    python scripts/router_pair_coverage.py runs/bench/xrec/google/gavamoe-free-128/seed0 ../shared/data/xrec/google
 """
 from __future__ import annotations
 
