@@ -37,8 +37,10 @@ from torch import nn
 from explainrec.methods.gavamoe.routing import RoutingState, current_routing
 
 _DISPATCH_MODES = ("auto", "grouped", "loop", "dense")
-# At most this many tokens, "auto" runs every expert on every token ("dense"): a cached decoding step has one token
-# per sample and is bound by per-op overhead, not arithmetic, so fewer, larger ops win over sort-and-dispatch.
+# Off the CPU, at most this many tokens, "auto" runs every expert on every token ("dense"): a cached decoding step
+# has one token per sample, and one large kernel beats a Python loop of small ones there. On the CPU grouped_mm is
+# as fast or faster at every size (benchmarks/bench_gavamoe_step.py --dispatch): it reads only the experts chosen,
+# which at batch 1 halves the weights a decoding step reads.
 DENSE_DISPATCH_MAX_TOKENS = 64
 
 
@@ -148,14 +150,17 @@ class StackedSwiGLUExperts(nn.Module):
             x: ``(N, H)`` tokens. topk_idx: ``(N, k)`` expert of each assignment. weights: ``(N, k)`` its weight.
             dispatch: ``grouped`` (``torch.nn.functional.grouped_mm``, fastest on CPU), ``loop`` (one matmul per
                 expert, any device and torch version), ``dense`` (all experts, weighted; for a few tokens) or
-                ``auto`` (dense up to ``DENSE_DISPATCH_MAX_TOKENS`` tokens, else grouped on CPU when available,
+                ``auto`` (grouped on CPU when available; elsewhere dense up to ``DENSE_DISPATCH_MAX_TOKENS`` tokens,
                 else loop).
 
         Returns:
             ``(N, H)``.
         """
-        if dispatch == "auto" and x.shape[0] <= DENSE_DISPATCH_MAX_TOKENS:
-            dispatch = "dense"
+        if dispatch == "auto":
+            if x.device.type == "cpu" and hasattr(F, "grouped_mm"):
+                dispatch = "grouped"
+            else:
+                dispatch = "dense" if x.shape[0] <= DENSE_DISPATCH_MAX_TOKENS else "loop"
         if dispatch == "dense":
             return self._dense(x, topk_idx, weights)
         k = topk_idx.shape[1]
@@ -164,8 +169,6 @@ class StackedSwiGLUExperts(nn.Module):
         token_of = order // k  # (N*k,) source token of each sorted assignment
         counts = torch.bincount(flat, minlength=self.n_experts)  # (E,)
         xs = x[token_of]  # (N*k, H)
-        if dispatch == "auto":
-            dispatch = "grouped" if x.device.type == "cpu" and hasattr(F, "grouped_mm") else "loop"
         if dispatch == "grouped":
             offs = counts.cumsum(0).to(torch.int32)
             hidden = self.act_fn(F.grouped_mm(xs, self.gate_proj.transpose(1, 2), offs=offs))
