@@ -172,6 +172,23 @@ def test_grouped_loop_and_dense_dispatch_agree_in_values_and_gradients():
             torch.testing.assert_close(g_loop, g_other, atol=1e-5, rtol=1e-4)
 
 
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="this torch has no grouped_mm")
+def test_auto_dispatch_on_cpu_runs_decoding_steps_through_grouped_matmuls(monkeypatch):
+    """A decoding step (one token per sample) must not run every expert: grouped_mm touches only the chosen ones."""
+    torch.manual_seed(4)
+    moe = MultiGatedMoE(H, 16, n_experts=8, top_k=2, n_gates=2, router_init_std=0.3, expert_init_std=0.2)
+    x = torch.randn(3, 1, H)
+    calls = []
+    real = F.grouped_mm
+    monkeypatch.setattr(F, "grouped_mm", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    with torch.no_grad(), routing([0, 1, 1]):
+        auto = moe(x)
+        moe.dispatch = "dense"
+        dense = moe(x)
+    assert len(calls) == 3  # gate, up and down projections, once each, for the auto call only
+    torch.testing.assert_close(auto, dense, atol=1e-5, rtol=1e-4)
+
 def test_each_sample_uses_its_own_gate():
     torch.manual_seed(3)
     moe = MultiGatedMoE(H, 16, n_experts=6, top_k=2, n_gates=3, router_init_std=0.5, expert_init_std=0.3)
