@@ -54,6 +54,16 @@ def demo_specs(model_name: str, *, n: int, batch_size: int, max_new_tokens: int,
     }
 
 
+def clock_cut_note(steps_done: int, steps: int, minutes: float) -> str | None:
+    """A warning when the safety clock, not the step budget, ended training: on a busy CPU the demo's GaVaMoE then
+    trains on fewer pairs than usual and can score below zero-shot, which says nothing about the method."""
+    if steps_done >= steps:
+        return None
+    return (f"[demo] note: the {minutes:g}-minute clock stopped training after {steps_done} of {steps} steps (a busy "
+            f"or slow CPU?), so GaVaMoE saw fewer pairs than the demo intends; for the full budget run again with "
+            f"--minutes {max(10, 3 * minutes):g} --fresh")
+
+
 def comparison_table(results: dict[str, dict]) -> str:
     """Markdown table: one row per metric, one column per run (``results`` maps a column name to done.json)."""
     from explainrec.metrics.report import METRICS
@@ -123,6 +133,8 @@ def run_demo(
     g = results["gavamoe"]
     echo(f"[demo] GaVaMoE training: {g['train_steps']} stage-2 steps in {g['train_seconds']:.0f} s; "
          f"stage 1 + stage 2 with loading and saving {g['seconds_this_call']['train']:.0f} s")
+    if note := clock_cut_note(g["train_steps"], steps, minutes):
+        echo(note)
     stage1 = json.loads((out / "gavamoe" / "stage1" / "metrics.json").read_text())
     truth = stage1.get("agreement_with_user_types")  # present on synthetic data, which knows each user's type
     echo(f"[demo] stage-1 clusters: sizes {stage1['cluster_sizes']}"

@@ -74,6 +74,14 @@ def test_xrec_train_explain(tmp_path):
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
 
 
+def test_demo_warns_when_the_clock_cut_training_short():
+    from explainrec.demo import clock_cut_note
+
+    assert clock_cut_note(12, 12, 3.0) is None
+    note = clock_cut_note(5, 12, 3.0)
+    assert "after 5 of 12 steps" in note and "--minutes 10 --fresh" in note
+
+
 @pytest.mark.embedded
 def test_demo_compares_gavamoe_with_zero_shot(tmp_path):
     out = _ok("demo", "--model", "tiny", "--n", "4", "--steps", "2", "--out", tmp_path / "demo")

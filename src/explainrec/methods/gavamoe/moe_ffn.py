@@ -344,18 +344,14 @@ class MultiGatedMoE(nn.Module):
         )  # eq. 11, (N, H)
 
         keep = state.mask_for(batch, seq, x.device) if state is not None else None  # (N,) or None
-        with torch.no_grad():
-            slot = gate_ids.repeat_interleave(seq).unsqueeze(1) * self.n_experts + top_idx  # (N, k) flat (gate, expert)
-            if keep is not None:
-                slot = slot[keep]
-            self.expert_usage += torch.bincount(slot.reshape(-1), minlength=self.expert_usage.numel()).view_as(
-                self.expert_usage
-            )
+        # one accumulating scatter (padding adds 0): a decoding step runs this in every layer, so it stays one op
+        top_idx_3d = top_idx.detach().view(batch, seq, self.top_k)
+        ones = keep.view(batch, seq, 1).long() if keep is not None else top_idx.new_ones(())
+        self.expert_usage.index_put_((gate_ids.view(batch, 1, 1), top_idx_3d), ones, accumulate=True)
         if state is not None and state.collect_aux:
             state.aux.append(router_aux_losses(logits.float(), probs, top_idx, keep))
         if state is not None and state.track_samples:
-            with torch.no_grad():
-                state.add_sample_usage(top_idx.view(batch, seq, self.top_k), self.n_experts, keep)
+            state.add_sample_usage(top_idx_3d, self.n_experts, keep)
         return out.view(batch, seq, hidden)
 
 

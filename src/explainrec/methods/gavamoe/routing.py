@@ -51,6 +51,7 @@ class RoutingState:
     aux: list[dict[str, torch.Tensor]] = field(default_factory=list)
     sample_usage: torch.Tensor | None = None
     _checked_gates: set[int] = field(default_factory=set, repr=False)
+    _sample_of_row: dict = field(default_factory=dict, repr=False)
 
     def ids_for(self, batch_size: int, n_gates: int, device: torch.device) -> torch.Tensor:
         """Cluster ids matching a layer input of ``batch_size`` rows, on ``device``.
@@ -89,19 +90,20 @@ class RoutingState:
             n_experts: E of the layer. keep: optional ``(rows * T,)`` bool, False for padding tokens.
         """
         rows, seq, k = topk_idx.shape
-        row_of = torch.arange(rows, device=topk_idx.device).repeat_interleave(seq * k)  # (rows*T*k,)
-        slot = row_of * n_experts + topk_idx.reshape(-1)
-        if keep is not None:
-            slot = slot[keep.repeat_interleave(k)]
-        counts = torch.bincount(slot, minlength=rows * n_experts).view(rows, n_experts)
         n_samples = self.cluster_ids.shape[0]
-        counts = counts.view(n_samples, rows // n_samples, n_experts).sum(1)  # fold beams back onto their sample
         if self.sample_usage is None:
-            self.sample_usage = counts
-        elif self.sample_usage.shape != counts.shape:
+            self.sample_usage = torch.zeros(n_samples, n_experts, dtype=torch.long, device=topk_idx.device)
+        elif self.sample_usage.shape[1] != n_experts:
             raise ValueError(f"MoE layers disagree on the expert count: {self.sample_usage.shape[1]} vs {n_experts}")
-        else:
-            self.sample_usage += counts.to(self.sample_usage.device)
+        key = (rows, topk_idx.device)
+        if key not in self._sample_of_row:  # beams: rows b*n .. b*n+n-1 belong to sample b
+            sample_of_row = torch.arange(rows, device=topk_idx.device) // (rows // n_samples)
+            self._sample_of_row[key] = sample_of_row.view(rows, 1, 1)
+        ones = keep.view(rows, seq, 1).long() if keep is not None else topk_idx.new_ones(())
+        # one accumulating scatter per layer call (a decoding step makes one per layer)
+        self.sample_usage.index_put_(
+            (self._sample_of_row[key], topk_idx.to(self.sample_usage.device)), ones, accumulate=True
+        )
 
     def aux_parts(self) -> dict[str, torch.Tensor]:
         """Mean of each named aux loss over the MoE layers that ran (empty dict when none collected)."""
