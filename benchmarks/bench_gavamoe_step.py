@@ -6,8 +6,8 @@
 
 Prints (targets from issue 4):
 * training step (forward + backward + AdamW) of the MoE SmolLM2 vs the dense SmolLM2: ratio MoE/dense <= 1.3;
-* greedy generation tokens/s of the MoE model (inside its routing context) vs dense HF generate at the same batch
-  size: ratio MoE/dense >= 0.8; one line per --gen-batch size and --dispatch mode of the MoE layers (``auto`` is
+* greedy generation tokens/s of the MoE model (inside its routing context, counting each sample's experts as
+  ``explainrec explain`` does) vs dense HF generate at the same batch size: ratio MoE/dense >= 0.8; one line per --gen-batch size and --dispatch mode of the MoE layers (``auto`` is
   what the toolkit runs; the others force one path, see ``StackedSwiGLUExperts.forward``).
 Both models train the same kind of parameters (the FFN blocks: experts + gates vs the dense MLPs).
 """
@@ -68,7 +68,7 @@ def gen_tokens_per_s(variants: dict, ids, mask, clusters, new_tokens: int, reps:
             if mode is not None:
                 set_dispatch(model, mode)
             t = time.perf_counter()
-            with routing(clusters):
+            with routing(clusters, track_samples=True):  # as `explainrec explain` runs it (top experts per pair)
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
             dt = time.perf_counter() - t
