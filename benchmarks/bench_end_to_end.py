@@ -25,58 +25,50 @@ from pathlib import Path
 import torch
 
 from explainrec.data import load_dataset
-from explainrec.data.prompts import build_messages, render_prompt
+from explainrec.llm.decoding import GenerationConfig
 from explainrec.llm.generate import GenerationStats, generate_texts
 from explainrec.llm.load import load_llm
 
-METHODS = ("zero-shot", "gavamoe", "base", "xrec")
+# the bench's rows -> (registry entry, settings on top of its tiny-budget training below)
+METHODS = {"zero-shot": ("zero-shot", []), "gavamoe": ("gavamoe", []), "base": ("gavamoe", ["moe.variant=base"]),
+           "xrec": ("xrec", [])}
 
 
 def train_all(ds, methods: list[str], out: Path, args) -> dict[str, float]:
-    """Train every trained method for ``args.train_steps`` steps into ``out/<method>``; return wall seconds each."""
-    from explainrec.methods.gavamoe.recipe import TrainConfig
-    from explainrec.methods.gavamoe.recipe import train as train_gavamoe
-    from explainrec.methods.xrec.recipe import XRecConfig
-    from explainrec.methods.xrec.recipe import train as train_xrec
+    """Train every method for ``args.train_steps`` steps into ``out/<method>``; return wall seconds each."""
+    from explainrec.methods import registry
+    from explainrec.methods.runs import train_run
 
-    quiet = dict(progress_bar=False, echo=lambda *_: None)
-    budget = dict(max_steps=args.train_steps, batch_size=2, max_valid_pairs=2, checkpoint_every=1000)
+    budget = [f"max_steps={args.train_steps}", "batch_size=2", "max_valid_pairs=2", "checkpoint_every=1000"]
     seconds = {}
-    for method in methods:
-        t = time.perf_counter()
-        if method in ("gavamoe", "base"):
-            cfg = TrainConfig.from_dict({
-                "model": args.model, "clusters": args.clusters, **budget, "trainable": ("gates", "soft", "vae"),
-                "moe": {"variant": "full" if method == "gavamoe" else "base"},
-                "stage1": {"epochs": 2, "pretrain_epochs": 1, "plot_method": "none"},
-            })
-            train_gavamoe(ds, out / method, cfg, **quiet)
-        elif method == "xrec":
-            train_xrec(ds, out / method, XRecConfig(model=args.model, lightgcn={"epochs": 2, "dim": 32}, **budget), **quiet)
-        else:
+    for label in methods:
+        name, settings = METHODS[label]
+        method = registry.get(name)
+        if not method.trains:  # zero-shot: a model folder with its config, nothing to time
+            train_run(method, ds, out / label, method.make_config(overrides={"model": args.model}),
+                      progress=False, echo=lambda *_: None)
             continue
-        seconds[method] = time.perf_counter() - t
+        extra = {"gavamoe": [f"clusters={args.clusters}", "trainable=gates,soft,vae",
+                             "stage1.epochs=2", "stage1.pretrain_epochs=1", "stage1.plot_method=none"],
+                 "xrec": ["lightgcn.epochs=2", "lightgcn.dim=32"]}[name]
+        cfg = method.make_config(overrides=[f"model={args.model}", *budget, *extra, *settings])
+        t = time.perf_counter()
+        train_run(method, ds, out / label, cfg, progress=False, echo=lambda *_: None)
+        seconds[label] = time.perf_counter() - t
     return seconds
 
 
-def time_method(method: str, ds, out: Path, args, llm) -> GenerationStats:
+def time_method(label: str, ds, out: Path, args) -> GenerationStats:
     """Best of ``args.reps`` explanation passes over the first ``args.n`` test pairs (model loaded beforehand)."""
-    generation = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=False)
-    if not args.natural_length:
-        generation["min_new_tokens"] = args.max_new_tokens  # goes through to model.generate
+    from explainrec.methods.explain import explain_split
+    from explainrec.methods.model_folder import load_run
+
+    explainer = load_run(out / label, precision=args.precision)
+    generation = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                  min_new_tokens=0 if args.natural_length else args.max_new_tokens)
     best = None
     for _ in range(args.reps):
-        stats = GenerationStats()
-        if method == "zero-shot":  # the zero-shot recipe's prompts, generated directly to pass min_new_tokens
-            model, tokenizer = llm
-            prompts = [render_prompt(tokenizer, build_messages(e)) for e in ds.split_examples("test")[: args.n]]
-            generate_texts(model, tokenizer, prompts, stats=stats, **generation)
-        else:
-            if method == "xrec":
-                from explainrec.methods.xrec.recipe import explain_split
-            else:
-                from explainrec.methods.gavamoe.explain import explain_split
-            _, stats = explain_split(out / method, ds, "test", limit=args.n, **generation)
+        _, stats = explain_split(explainer, ds, "test", limit=args.n, generation=generation, progress=False)
         if best is None or stats.explanations_per_s > best.explanations_per_s:
             best = stats
     return best
@@ -86,7 +78,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="synthetic", help="the built-in data by default")
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {list(METHODS)}")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     ap.add_argument("--n", type=int, default=8, help="test pairs explained by every method")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -99,21 +92,20 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
-        ap.error(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+        ap.error(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
     if "zero-shot" not in methods:
         methods.insert(0, "zero-shot")  # the baseline of every ratio
 
     logging.getLogger("explainrec").setLevel(logging.ERROR)  # stage 1's cluster-size warnings: not about speed
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}, data {args.data}")
     ds = load_dataset(args.data)
-    llm = load_llm(args.model)
-    generate_texts(*llm, ["warm-up"], max_new_tokens=4, progress=False)  # the first method timed pays no one-off costs
+    generate_texts(*load_llm(args.model), ["warm-up"], max_new_tokens=4, progress=False)  # no one-off costs timed
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         trained = train_all(ds, methods, out, args)
         print(f"trained {args.train_steps} steps each (stage 1 / LightGCN, validation and saving included): "
               + ", ".join(f"{m} {s:.0f} s" for m, s in trained.items()))
-        results = {m: time_method(m, ds, out, args, llm) for m in methods}
+        results = {m: time_method(m, ds, out, args) for m in methods}
 
     base = results["zero-shot"]
     length = "at most" if args.natural_length else "exactly"

@@ -140,7 +140,7 @@ def bench_upcycle_nll(n_texts: int = 32) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from explainrec.llm.load import embedded_gguf_path
-    from explainrec.llm.surgery import moe_upcycle
+    from explainrec.methods.gavamoe.surgery import moe_upcycle
 
     data = Path(__file__).resolve().parents[1].parent / "shared/data/xrec/amazon/explanations.jsonl"
     if not data.exists():

@@ -15,7 +15,6 @@ which is why the baseline runs in the same process).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 
 from explainrec.data import load_dataset
-from explainrec.methods.gavamoe import stage1
+from explainrec.methods.gavamoe import stage1_eval, stage1_train as stage1
+from explainrec.methods.gavamoe.config import VaeGmmConfig
 from explainrec.methods.gavamoe.gmm_init import init_prior_from_latents
 from explainrec.methods.gavamoe.vae_gmm import VaeGmm
 
@@ -32,12 +32,12 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/xrec/go
 
 def _throughput(model, optimizer, data, cfg, steps: int, gen: torch.Generator) -> float:
     """Interactions/s of ``steps`` ELBO steps at ``cfg.batch_size`` (same code path as an epoch)."""
-    sub = stage1._TrainData(**data.__dict__)
+    sub = stage1.TrainData(**data.__dict__)
     n = min(steps * cfg.batch_size, data.train_user.shape[0])
     sub.train_user, sub.train_item = data.train_user[:n], data.train_item[:n]
     sub.train_rating = None if data.train_rating is None else data.train_rating[:n]
     t = time.perf_counter()
-    stage1._train_epoch(model, optimizer, sub, cfg, "elbo", gen, desc="baseline")
+    stage1._train_epoch(model, optimizer, sub, cfg, "elbo", gen, desc="baseline", progress=False)
     return n / (time.perf_counter() - t)
 
 
@@ -63,11 +63,10 @@ def main() -> None:
           f"{ds.n_users} users, {ds.n_items} items, implicit={ds.implicit}; loaded in {time.perf_counter() - t0:.1f}s")
     print(f"torch threads: {torch.get_num_threads()}")
 
-    cfg = stage1.Stage1Config(n_clusters=args.clusters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              progress=args.progress)
+    cfg = VaeGmmConfig(clusters=args.clusters, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     torch.manual_seed(args.seed)
-    data = stage1._TrainData.from_dataset(ds, cfg, torch.device("cpu"))
-    model = VaeGmm(ds.n_users, ds.n_items, n_clusters=cfg.n_clusters, likelihood=data.likelihood,
+    data = stage1.TrainData.from_dataset(ds, cfg, torch.device("cpu"))
+    model = VaeGmm(ds.n_users, ds.n_items, n_clusters=cfg.clusters, likelihood=data.likelihood,
                    embed_dim=cfg.embed_dim, latent_dim=cfg.latent_dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     model.set_known(data.user_known, data.item_known)
     optimizer = stage1._make_optimizer(model, cfg)
@@ -76,7 +75,7 @@ def main() -> None:
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, likelihood={data.likelihood}")
 
     t = time.perf_counter()
-    pre = stage1._train_epoch(model, optimizer, data, cfg, "pretrain", gen, desc="pretrain epoch")
+    pre = stage1._train_epoch(model, optimizer, data, cfg, "pretrain", gen, desc="pretrain epoch", progress=args.progress)
     t_pre = time.perf_counter() - t
     print(f"pretrain epoch: {t_pre:.1f}s  {n_train / t_pre:,.0f} interactions/s  loss {pre['loss']:.4f}")
 
@@ -86,7 +85,7 @@ def main() -> None:
     print(f"GMM init (encode {n_train} pairs + GaussianMixture on <=50k): {time.perf_counter() - t:.1f}s")
 
     t = time.perf_counter()
-    elbo = stage1._train_epoch(model, optimizer, data, cfg, "elbo", gen, desc="elbo epoch")
+    elbo = stage1._train_epoch(model, optimizer, data, cfg, "elbo", gen, desc="elbo epoch", progress=args.progress)
     t_elbo = time.perf_counter() - t
     big = n_train / t_elbo
     print(f"ELBO epoch (batch {cfg.batch_size}): {t_elbo:.1f}s  {big:,.0f} interactions/s  loss {elbo['loss']:.4f} "
@@ -102,13 +101,13 @@ def main() -> None:
     tu, ti = torch.as_tensor(test.user, dtype=torch.long), torch.as_tensor(test.item, dtype=torch.long)
     neg = torch.randint(ds.n_items, (len(test),), generator=torch.Generator().manual_seed(args.seed + 2))
     t = time.perf_counter()
-    pos_s = stage1._scores(model, tu, ti, cfg.eval_batch_size, rating=False)
-    neg_s = stage1._scores(model, tu, neg, cfg.eval_batch_size, rating=False)
+    pos_s = stage1_eval._scores(model, tu, ti, cfg.eval_batch_size, rating=False)
+    neg_s = stage1_eval._scores(model, tu, neg, cfg.eval_batch_size, rating=False)
     auc = roc_auc_score(np.r_[np.ones(len(pos_s)), np.zeros(len(neg_s))], np.r_[pos_s, neg_s])
     print(f"test AUC after 1 pretrain + 1 ELBO epoch: {auc:.4f} ({len(test)} positives vs as many uniform "
           f"negatives; scored in {time.perf_counter() - t:.1f}s)")
 
-    small = dataclasses.replace(cfg, batch_size=args.baseline_batch_size, progress=False)
+    small = cfg.replace(batch_size=args.baseline_batch_size)
     base = _throughput(model, optimizer, data, small, args.baseline_steps, gen)
     print(f"baseline: batch {small.batch_size}, {args.baseline_steps} steps: {base:,.0f} interactions/s "
           f"(an epoch would take ~{n_train / base:.0f}s)")

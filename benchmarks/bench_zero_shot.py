@@ -18,7 +18,10 @@ import torch
 
 from explainrec.data import load_dataset
 from explainrec.llm.load import load_llm
-from explainrec.methods.zero_shot.recipe import explain
+from explainrec.data.prompts import build_messages
+from explainrec.llm.decoding import GenerationConfig
+from explainrec.methods.base import Explainer
+from explainrec.methods.explain import explain_split
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xrec" / "google"
 
@@ -43,12 +46,13 @@ def main() -> None:
             load_llm(args.model, cache_dir=cache)
             print(f"load: first (conversion) {first:.1f} s, cached {time.perf_counter() - t:.2f} s")
     model, tok = load_llm(args.model)
+    explainer = Explainer(method="zero-shot", llm=model, tokenizer=tok, model=model, prompt=build_messages)
     ds = load_dataset(args.data)
-    examples = ds.split_examples("test")[: args.n]
-    explain(examples[:1], ds, model=model, tokenizer=tok, max_new_tokens=4, progress=False)  # warm-up
+    explain_split(explainer, ds, "test", limit=1, generation=GenerationConfig(max_new_tokens=4), progress=False)  # warm-up
     results = {}
     for bs in (1, args.batch_size):
-        _, stats = explain(examples, ds, model=model, tokenizer=tok, batch_size=bs, max_new_tokens=args.max_new_tokens, progress=False)
+        _, stats = explain_split(explainer, ds, "test", limit=args.n, progress=False,
+                                 generation=GenerationConfig(batch_size=bs, max_new_tokens=args.max_new_tokens))
         results[bs] = stats
         print(f"batch {bs:>3}: {stats.explanations} explanations, {stats.new_tokens} tokens in {stats.seconds:.1f} s -> "
               f"{stats.explanations_per_s:.3f} expl/s, {stats.tokens_per_s:.1f} tok/s")

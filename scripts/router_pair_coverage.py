@@ -15,9 +15,9 @@ import argparse
 import torch
 
 from explainrec.data import load_dataset
-from explainrec.methods.gavamoe.explain import explain_pairs
+from explainrec.llm.decoding import GenerationConfig
 from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
-from explainrec.methods.gavamoe.persist import load
+from explainrec.methods.model_folder import load_run
 
 
 def main() -> None:
@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     args = ap.parse_args()
 
-    model, tokenizer, users, items, _ = load(args.run)
+    explainer = load_run(args.run)
+    model = explainer.model
     moes = [m for m in model.modules() if isinstance(m, MultiGatedMoE)]
     if not moes or moes[0].n_experts != 2 * moes[0].top_k:
         raise SystemExit(f"{args.run}: not a doubly covered MoE (needs n_experts == 2 * top_k)")
@@ -44,10 +45,9 @@ def main() -> None:
     module_top_k = moes[0].top_k
     for moe in moes:
         moe.router.register_forward_hook(count)
-    examples = [ex for ex in load_dataset(args.data).examples if ex.split == "test"][: args.pairs]
-    with torch.no_grad():
-        explain_pairs(model, tokenizer, examples, [ex.user for ex in examples], [ex.item for ex in examples], users,
-                      items, max_new_tokens=args.new_tokens, batch_size=len(examples))
+    ds = load_dataset(args.data)
+    pairs = [ds.pair_of(ex) for ex in ds.split_examples("test")[: args.pairs]]
+    explainer.explain(pairs, GenerationConfig(max_new_tokens=args.new_tokens, batch_size=len(pairs)))
     weight = moes[0].router.weight.detach()
     drift = ("paired (rows tied for good)" if moes[0].router.paired
              else f"mean |w_j + w_(j+{half})| {(weight[:, half:] + weight[:, :half]).abs().mean():.4f}")

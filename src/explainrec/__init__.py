@@ -1,2 +1,2 @@
 """explainrec: LLM-based explainable recommendation."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

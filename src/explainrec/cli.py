@@ -1,25 +1,34 @@
-"""The `explainrec` command line. Each command parses its options, calls one library function and prints a table."""
+"""The `explainrec` command line. Each command checks its options, calls one library function and prints a table.
+
+Methods are looked up in :mod:`explainrec.methods.registry`; no command knows any method by name.
+"""
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from explainrec.cli_boundary import (
+    DEBUG,
+    UsageError,
+    boundary,
+    check_input_file,
+    check_output_file,
+    check_output_folder,
+    data_path,
+    stderr_is_terminal,
+)
+
 app = typer.Typer(
-    help="LLM-based explainable recommendation: train, explain, evaluate.",
+    help="LLM-based explainable recommendation: train, explain, evaluate, compare, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
-gavamoe_app = typer.Typer(help="GaVaMoE: VAE-GMM clusters (stage 1) + multi-gated MoE LLM (stage 2).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-xrec_app = typer.Typer(help="XRec: LightGCN embeddings + MoE adaptors injected into every LLM layer.", no_args_is_help=True)
-app.add_typer(gavamoe_app, name="gavamoe")
-app.add_typer(xrec_app, name="xrec")
 
 DATA_HELP = (
     "Dataset: 'synthetic' (built-in; 'synthetic:users=300,types=4' to change it), an XRec-style folder "
@@ -27,126 +36,237 @@ DATA_HELP = (
     "or a .csv / .jsonl file with named columns."
 )
 TRUST_HELP = "Allow unpickling PETER's reviews.pickle. Pickles can run code: only for files you trust."
+SPLIT_HELP = "Which split of --data: train, valid (or validation/val) or test."
+PRECISION_HELP = "Weights for generation: fp32, or int8 (dynamic int8 matmuls on CPU; faster, text may differ slightly)."
 
 
-def _friendly_errors(fn):
-    """Bad input ends with one clear line (file, line, field), not a traceback."""
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error.")) -> None:
+    DEBUG["on"] = debug
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from explainrec.data.schema import DataError
 
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, FileNotFoundError) as err:
-            typer.secho(f"error: {err}", fg="red", err=True)
-            raise typer.Exit(2)
+def _load_data(data: str, trust_pickle: bool, seed: int = 0):
+    from explainrec.data import load_dataset
 
-    return wrapper
+    return load_dataset(data, trust_pickle=trust_pickle, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------- data, methods
 
 
 @data_app.command("stats")
-@_friendly_errors
+@boundary
 def data_stats(
     data: str = typer.Option(..., "--data", help=DATA_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:
     """Users, items, interactions and explained pairs per split, density."""
-    from explainrec.data import dataset_stats, load_dataset
+    from explainrec.data import dataset_stats
     from explainrec.data.stats import format_stats
 
-    stats = dataset_stats(load_dataset(data, trust_pickle=trust_pickle))
+    stats = dataset_stats(_load_data(data, trust_pickle))
     typer.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 
 @app.command()
-@_friendly_errors
+@boundary
+def methods(name: Optional[str] = typer.Argument(None, help="Show one method's settings and presets.")) -> None:
+    """The registered methods, one line each (with NAME: its settings, defaults and presets)."""
+    from explainrec.methods import registry
+
+    if name is None:
+        width = max(len(n) for n in registry.names())
+        for m in registry.all_methods():
+            kind = "" if m.explains else "  [stage]"
+            typer.echo(f"{m.name:<{width}}  {m.description}{kind}")
+        return
+    typer.echo(_method_help(registry.get(name)))
+
+
+def _method_help(m) -> str:
+    presets = ", ".join(m.presets()) or "none"
+    return (f"{m.name}: {m.description}\n\npresets (--config NAME): {presets}\n\n"
+            f"settings (KEY=VALUE, nested keys with dots):\n{m.config_class.help_text()}")
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+TRAIN_USAGE = """Usage: explainrec train METHOD --data DATA --out RUN [--config PRESET|FILE] [--resume|--overwrite] [KEY=VALUE ...]
+
+  Train a registered method (see `explainrec methods`) into the run folder RUN. Settings come from the method's
+  defaults, then --config (a preset shipped with the method, e.g. tiny / cpu / paper, or a YAML file), then
+  KEY=VALUE overrides (nested keys with dots: stage1.beta=0.01). RUN/config.yaml keeps the resolved settings.
+
+Options:
+  --data TEXT         {data}
+  --out PATH          Run folder (model/, checkpoint/, stages, logs).
+  --config TEXT       A preset name or a YAML file of settings.
+  --resume            Continue the run in --out from its last checkpoint (stages included).
+  --overwrite         Replace the run in --out (without it, an existing run is never touched).
+  --trust-pickle      {trust}
+  --help              This help; with METHOD, that method's settings.
+"""
+
+
+@app.command(add_help_option=False)
+@boundary
+def train(
+    method: Optional[str] = typer.Argument(None, help="A registered method (explainrec methods)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="KEY=VALUE settings."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder."),
+    config: Optional[str] = typer.Option(None, "--config", help="Preset name or YAML file."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    show_help: bool = typer.Option(False, "--help", "-h", help="Show this help."),
+) -> None:
+    """Train METHOD into a run folder (explainrec train METHOD --help lists its settings)."""
+    from explainrec.methods import registry
+    from explainrec.methods.runs import train_run
+
+    if show_help or method is None:
+        typer.echo(TRAIN_USAGE.format(data=DATA_HELP, trust=TRUST_HELP))
+        typer.echo(_method_help(registry.get(method)) if method else
+                   "Methods: " + ", ".join(registry.names()) + "  (explainrec train METHOD --help)")
+        if method is None and not show_help:
+            raise typer.Exit(2)
+        return
+    m = registry.get(method)
+    if data is None or out is None:
+        raise UsageError(f"train {method}: --data and --out are required (explainrec train {method} --help)")
+    cfg = m.make_config(config, list(overrides or []), where=f"train {method}")  # validated before any work
+    dataset = _load_data(data, trust_pickle, seed=getattr(cfg, "seed", 0))
+    source = data_path(data)
+    trained = train_run(m, dataset, out, cfg, resume=resume, overwrite=overwrite, progress=True,
+                        echo=typer.echo, inputs=(source,) if source else ())
+    typer.echo(json.dumps({k: v for k, v in trained.summary.items() if k != "config"}, indent=2, default=str))
+    typer.echo(f"wrote {out}" + (f" (model: {out / 'model'})" if (out / "model").exists() else ""))
+
+
+# ---------------------------------------------------------------------------------------------------- explain
+
+
+def _open_explainer(model: Optional[str], method: Optional[str], precision: str):
+    """A run folder (--model RUN), or a method that needs no training built from --method (and --model LLM)."""
+    from explainrec.methods import registry
+    from explainrec.methods.model_folder import apply_precision, load_run
+
+    m = registry.get(method) if method else None
+    if model is not None and (m is None or m.trains):
+        explainer = load_run(model, precision=precision)
+        if m is not None and explainer.method != m.name:
+            raise UsageError(f"--model {model} holds a {explainer.method} model, not {m.name}")
+        return explainer
+    m = m or registry.get("zero-shot")
+    if m.trains:
+        raise UsageError(f"--method {m.name} needs a trained run folder: pass --model RUN "
+                         f"(from `explainrec train {m.name} --data DATA --out RUN`)")
+    cfg = m.make_config(overrides={"model": model} if model else None, where=f"--method {m.name}")
+    return apply_precision(m.untrained(cfg), precision)
+
+
+@app.command()
+@boundary
 def explain(
     data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP),
-    method: str = typer.Option("zero-shot", "--method", help="Method when no trained --model folder is given: zero-shot."),
     model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        help="A trained run folder (from `explainrec gavamoe train` or `explainrec xrec train`), or for zero-shot the "
-        "LLM: 'smollm2-135m' (embedded default), a Hugging Face id or a local folder.",
-    ),
-    user: Optional[str] = typer.Option(None, "--user", help="Explain one pair: the raw user id (with --item and a trained --model)."),
+        None, "--model",
+        help="A trained run folder (from `explainrec train METHOD`), or, with a method that needs no training "
+        "(--method zero-shot, the default), the LLM: 'smollm2-135m' (embedded), 'tiny', an HF id or a local folder."),
+    method: Optional[str] = typer.Option(None, "--method", help="A method that needs no training (zero-shot), or "
+                                         "the method --model must hold."),
+    user: Optional[str] = typer.Option(None, "--user", help="Explain one pair: the raw user id (with --item)."),
     item: Optional[str] = typer.Option(None, "--item", help="Explain one pair: the raw item id."),
-    split: str = typer.Option("test", "--split", help="Which split of --data to explain: train, valid or test."),
+    title: Optional[str] = typer.Option(None, "--title", help="One pair: the item's title (else from --data)."),
+    user_profile: Optional[str] = typer.Option(None, "--user-profile", help="One pair: the user's profile text."),
+    item_profile: Optional[str] = typer.Option(None, "--item-profile", help="One pair: the item's profile text."),
+    pair_file: Optional[Path] = typer.Option(None, "--pair-file", help="One pair: a JSON object with user, item and "
+                                             "optionally title, user_profile, item_profile, features, rating."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Explain only the first N pairs of the split."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts generated together (left-padded, KV-cached)."),
-    max_new_tokens: int = typer.Option(60, "--max-new-tokens", help="Longest explanation, in tokens."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Explain only the first N pairs of the split."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts generated together (left-padded, KV-cached)."),
+    max_new_tokens: int = typer.Option(60, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
     do_sample: bool = typer.Option(False, "--sample", help="Sample (nucleus) instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --sample)."),
-    num_beams: int = typer.Option(1, "--num-beams", help="Beam search width (1 = no beam search)."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam search width (1 = no beam search)."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalty on repeated tokens (1 = none)."),
+    no_repeat_ngram_size: int = typer.Option(0, "--no-repeat-ngram", min=0, help="Forbid repeating n-grams of this size."),
     seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`), or for one pair."""
-    generation = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                      top_p=top_p, num_beams=num_beams, seed=seed)
-    run_dir = Path(model) if model and Path(model).is_dir() else None
-    kind = _run_kind(run_dir) if run_dir else None
-    if user is not None or item is not None:
-        if user is None or item is None or kind is None:
-            raise typer.BadParameter("--user and --item go together, with a trained run folder as --model")
-        typer.echo(json.dumps(_explain_one(kind, run_dir, user, item, generation), indent=2, ensure_ascii=False))
+    from explainrec.llm.decoding import GenerationConfig
+    from explainrec.methods.explain import explain_split, normalise_split
+
+    generation = GenerationConfig.from_dict(dict(
+        batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, num_beams=num_beams, repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size, seed=seed), "generation")
+    _check_precision(precision)
+    one_pair = any(v is not None for v in (user, item, pair_file))
+    if one_pair:
+        pair_text = dict(title=title, user_profile=user_profile, item_profile=item_profile)
+        pair, source = _one_pair(user, item, pair_file, pair_text, data, trust_pickle)
+        explainer = _open_explainer(model, method, precision)
+        row = explainer.explain([pair], generation)[0]
+        row["prompt_from"] = source
+        if row.get("cold_start"):
+            row["note"] = "the model never saw this user or item in training: it took the cold-start path"
+        typer.echo(json.dumps(row, indent=2, ensure_ascii=False))
         return
     if data is None:
-        raise typer.BadParameter("--data is required", param_hint="--data")
-    from explainrec.data import load_dataset
-
-    ds = load_dataset(data, trust_pickle=trust_pickle)
-    if kind == "gavamoe":
-        from explainrec.methods.gavamoe.explain import explain_split
-    elif kind == "xrec":
-        from explainrec.methods.xrec.recipe import explain_split
-    elif method == "zero-shot":
-        from explainrec.methods.zero_shot import recipe
-
-        stats = recipe.run(ds, split=split, out=out, limit=limit, model_name=model or "smollm2-135m", **generation)
-        typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
-        return
-    else:
-        raise typer.BadParameter(f"unknown method {method!r}; available: zero-shot (or a trained --model folder)")
-    _, stats = explain_split(run_dir, ds, split, limit=limit, out=out, **generation)
+        raise UsageError("--data is required to explain a split (or give --user and --item for one pair)")
+    split = normalise_split(split)
+    check_output_file(out, inputs=(data_path(data), Path(model) if model and Path(model).exists() else None))
+    dataset = _load_data(data, trust_pickle)
+    explainer = _open_explainer(model, method, precision)
+    _, stats = explain_split(explainer, dataset, split, limit=limit, out=out, generation=generation,
+                             progress=True)
     typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
 
 
-def _run_kind(run_dir: Path) -> str:
-    for kind, marker in (("gavamoe", "gavamoe.json"), ("xrec", "xrec.json")):
-        if (run_dir / marker).exists() or (run_dir / "model" / marker).exists():
-            return kind
-    from explainrec.data.schema import DataError
-
-    raise DataError(f"{run_dir}: not a trained model folder (no model/gavamoe.json or model/xrec.json)")
+def _check_precision(precision: str) -> None:
+    if precision not in ("fp32", "int8"):
+        raise UsageError(f"--precision {precision!r}: expected fp32 or int8")
 
 
-def _explain_one(kind: str, run_dir: Path, user: str, item: str, generation: dict) -> dict:
-    """One pair from raw ids alone (no dataset): the prompt holds the soft tokens and nothing else."""
-    from explainrec.data.schema import Example
+def _one_pair(user, item, pair_file, texts: dict, data, trust_pickle):
+    """The pair to explain and where its prompt text came from (the dataset's example, its profiles, or you)."""
+    from explainrec.data.schema import Pair
 
-    ex = Example(user=-1, item=-1, split="test")
-    if kind == "gavamoe":
-        from explainrec.methods.gavamoe.explain import explain_pairs
-        from explainrec.methods.gavamoe.persist import load
-
-        m, tok, users, items, _ = load(run_dir)
-        row = explain_pairs(m, tok, [ex], [user], [item], users, items, progress=False, **generation)[0]
-    else:
-        from explainrec.data import Dataset, IdMap, Interactions
-        import numpy as np
-
-        from explainrec.methods.xrec.recipe import explain_split
-
-        ds = Dataset("one", Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, "<U5")),
-                     [Example(user=0, item=0, split="test")], IdMap([user]), IdMap([item]))
-        row = explain_split(run_dir, ds, "test", progress=False, **generation)[0][0]
-    row.pop("reference", None)
-    return row
+    given: dict = {}
+    if pair_file is not None:
+        check_input_file(pair_file, option="--pair-file")
+        try:
+            given = json.loads(pair_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UsageError(f"--pair-file {pair_file}: not valid JSON ({err})") from None
+        allowed = {"user", "item", "title", "user_profile", "item_profile", "features", "rating"}
+        if not isinstance(given, dict) or set(given) - allowed:
+            raise UsageError(f"--pair-file {pair_file}: expected a JSON object with keys among {sorted(allowed)}")
+    user = user if user is not None else given.get("user")
+    item = item if item is not None else given.get("item")
+    if user is None or item is None:
+        raise UsageError("one pair needs both --user and --item (or both in --pair-file)")
+    source, pair = "command line", Pair(user=str(user), item=str(item))
+    if data is not None:
+        pair, source = _load_data(data, trust_pickle).pair(str(user), str(item))
+        source = {"example": "dataset (the pair's own example, as in training)",
+                  "profiles": "dataset (the item's and user's profiles)", "unknown": "nothing known"}[source]
+    extra = {**{k: v for k, v in given.items() if k not in ("user", "item")},
+             **{k: v for k, v in texts.items() if v is not None}}
+    if extra:
+        if "features" in extra:
+            extra["features"] = tuple(extra["features"])
+        pair = Pair(**{**pair.__dict__, **extra})
+        source = "command line" if source == "nothing known" or data is None else source + " + command line"
+    return pair, source
 
 
 def _format_throughput(stats) -> str:
@@ -155,8 +275,11 @@ def _format_throughput(stats) -> str:
     return "  ".join(f"{k}={s[k]:.3g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in keys)
 
 
+# ---------------------------------------------------------------------------------------------------- evaluate, compare
+
+
 @app.command()
-@_friendly_errors
+@boundary
 def evaluate(
     predictions: Path = typer.Argument(..., help="JSON lines with prediction and reference (optional user, features, bucket)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and metrics.md (default: beside the file)."),
@@ -167,13 +290,15 @@ def evaluate(
         help="Encoder for BERTScore: 'minilm' (embedded; not comparable to published numbers), "
         "or an HF id such as roberta-large (what XRec reports, with --rescale).",
     ),
-    bertscore_layers: Optional[int] = typer.Option(None, "--bertscore-layers", help="Encoder layer to use (default: bert-score's choice or all for MiniLM)."),
+    bertscore_layers: Optional[int] = typer.Option(None, "--bertscore-layers", min=1, help="Encoder layer to use (default: bert-score's choice or all for MiniLM)."),
     rescale: bool = typer.Option(False, "--rescale", help="Rescale BERTScore with bert-score's baseline (roberta-large etc.)."),
 ) -> None:
     """BLEU-1/4, ROUGE-1/2/L, Distinct-1/2, USR, BERTScore P/R/F1, FMR/FCR/DIV, with std and per-bucket tables."""
     from explainrec.metrics import evaluate as run_eval
     from explainrec.metrics import load_predictions, save_report, to_markdown
 
+    check_input_file(predictions, option="PREDICTIONS")
+    out_dir = check_output_folder(out if out is not None else predictions.parent)
     rows = load_predictions(predictions)
     kwargs = {}
     if bertscore_layers is not None:
@@ -181,20 +306,19 @@ def evaluate(
     if rescale:
         kwargs["rescale_with_baseline"] = True
     result = run_eval(rows, bertscore=bertscore, bertscore_model=bertscore_model, bertscore_kwargs=kwargs or None)
-    out_dir = out or predictions.parent
-    save_report(result, out_dir)
+    json_path, md_path = save_report(result, out_dir)
     typer.echo(to_markdown(result, title=str(predictions)))
-    typer.echo(f"\nwrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}")
+    typer.echo(f"\nwrote {json_path} and {md_path}")
 
 
 @app.command()
-@_friendly_errors
+@boundary
 def compare(
     predictions_a: Path = typer.Argument(..., help="Predictions of method A (JSON lines, as for evaluate)."),
     predictions_b: Path = typer.Argument(..., help="Predictions of method B on the same test pairs."),
     names: Optional[str] = typer.Option(None, "--names", help="Labels 'A,B' for the table (default: the parent folders)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compare BERTScore too (needs the encoder)."),
-    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap and permutation resamples."),
+    resamples: int = typer.Option(10_000, "--resamples", min=100, help="Bootstrap and permutation resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
 ) -> None:
     """Paired test of B against A on the pairs both explained: mean gap, bootstrap 95% interval, permutation p."""
@@ -203,9 +327,13 @@ def compare(
     from explainrec.metrics.significance import compare as run_compare
     from explainrec.metrics.significance import to_markdown as compare_markdown
 
+    for p, opt in ((predictions_a, "PREDICTIONS_A"), (predictions_b, "PREDICTIONS_B")):
+        check_input_file(p, option=opt)
     labels = tuple(names.split(",", 1)) if names else (predictions_a.parent.name, predictions_b.parent.name)
     if len(labels) != 2 or not all(label.strip() for label in labels):
-        raise typer.BadParameter(f"--names takes two labels 'A,B'; got {names!r}")
+        raise UsageError(f"--names takes two labels 'A,B'; got {names!r}")
+    if out is not None:
+        check_output_file(out, inputs=(predictions_a, predictions_b))
     result = run_compare(load_predictions(predictions_a), load_predictions(predictions_b), names=labels,
                          bertscore=bertscore, n_resamples=resamples)
     typer.echo(compare_markdown(result))
@@ -214,147 +342,30 @@ def compare(
         typer.echo(f"\nwrote {out}")
 
 
+# ---------------------------------------------------------------------------------------------------- demo, bench
+
+
 @app.command()
-@_friendly_errors
+@boundary
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for both runs and the comparison table."),
     model: str = typer.Option("smollm2-135m", "--model", help="LLM: embedded default, HF id, local folder, or 'tiny'."),
-    n: int = typer.Option(16, "--n", help="Test pairs to explain (the same pairs for both methods)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Generation batch size."),
-    steps: int = typer.Option(12, "--steps", help="Most GaVaMoE stage-2 training steps."),
-    minutes: float = typer.Option(3.0, "--minutes", help="Most minutes of GaVaMoE stage-2 training (a safety stop)."),
+    n: int = typer.Option(16, "--n", min=1, help="Test pairs to explain (the same pairs for both methods)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generation batch size."),
+    steps: int = typer.Option(12, "--steps", min=1, help="GaVaMoE stage-2 training steps."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compute BERTScore (embedded MiniLM)."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo both runs even if --out holds finished ones."),
 ) -> None:
     """Train a small GaVaMoE on the built-in data and compare it with zero-shot on the same test pairs."""
     from explainrec.demo import run_demo
 
-    run_demo(out=out, model_name=model, n=n, batch_size=batch_size, steps=steps, minutes=minutes,
-             bertscore=bertscore, fresh=fresh, echo=typer.echo)
-
-
-@gavamoe_app.command("fit-clusters")
-@_friendly_errors
-def gavamoe_fit_clusters(
-    data: str = typer.Option(..., "--data", help=DATA_HELP),
-    clusters: int = typer.Option(..., "--clusters", help="Number of GMM clusters K (= gates of stage 2)."),
-    out: Path = typer.Option(..., "--out", help="Run folder (weights, config, id maps, clusters, plots)."),
-    epochs: int = typer.Option(30, "--epochs", help="Most ELBO epochs (early stopping on validation loss)."),
-    pretrain_epochs: int = typer.Option(10, "--pretrain-epochs", help="Plain autoencoder epochs before the GMM fit."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Pairs per step (the paper uses 4096)."),
-    lr: float = typer.Option(2e-3, "--lr", help="AdamW learning rate (paper: 1e-5 on its 768-d model)."),
-    beta: float = typer.Option(0.1, "--beta", help="Weight of the KL terms in the ELBO (paper: 0.1)."),
-    embed_dim: int = typer.Option(64, "--embed-dim", help="User/item embedding size (paper: 768)."),
-    latent_dim: int = typer.Option(32, "--latent-dim", help="Latent size (paper: 128)."),
-    likelihood: Optional[str] = typer.Option(None, "--likelihood", help="categorical | gaussian | bernoulli (default: from the data)."),
-    plot: str = typer.Option("tsne", "--plot", help="Latent plot projection: tsne (paper's Figure 5) or pca (fast)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-) -> None:
-    """Stage 1: train the VAE-GMM, cluster every user-item pair, write metrics and plots."""
-    from explainrec.data import load_dataset
-    from explainrec.methods.gavamoe.stage1 import fit_clusters
-
-    ds = load_dataset(data, trust_pickle=trust_pickle, seed=seed)
-    result = fit_clusters(
-        ds,
-        clusters,
-        out,
-        epochs=epochs,
-        pretrain_epochs=pretrain_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        beta=beta,
-        embed_dim=embed_dim,
-        latent_dim=latent_dim,
-        likelihood=likelihood,
-        plot_method=plot,
-        seed=seed,
-        resume=resume,
-    )
-    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else getattr(result, "metrics", {})
-    typer.echo(json.dumps(metrics, indent=2))
-    typer.echo(f"wrote {out}")
-
-
-@gavamoe_app.command("train")
-@_friendly_errors
-def gavamoe_train(
-    data: str = typer.Option(..., "--data", help=DATA_HELP),
-    clusters: int = typer.Option(4, "--clusters", help="GMM clusters K = gates per MoE layer."),
-    out: Path = typer.Option(..., "--out", help="Run folder; stage 1 is trained first unless OUT/stage1 exists."),
-    model: str = typer.Option("smollm2-135m", "--model", help="Base LLM: embedded default, HF id (e.g. meta-llama/Llama-3.1-8B-Instruct), local folder, or 'tiny'."),
-    variant: str = typer.Option("full", "--variant", help="full | single-gate (w/o multi-gating) | coarse (w/o fine-grained experts) | base (dense)."),
-    experts: int = typer.Option(8, "--experts", help="Fine-grained experts per layer (paper, 8B: 12)."),
-    top_k: int = typer.Option(4, "--top-k", help="Experts active per token (paper, 8B: 2; 4 keeps SmolLM2's FFN compute)."),
-    granularity: int = typer.Option(4, "--granularity", help="r: an expert has 1/r of the dense FFN's neurons."),
-    init: str = typer.Option("upcycle", "--init", help="upcycle (split the pretrained FFN) or random (reference release)."),
-    paired_router: bool = typer.Option(True, "--paired-router/--free-router", help="Tie the router rows of each doubly covered expert pair (upcycled, top-k = experts/2), so every token keeps one copy of each neuron group."),
-    alpha: float = typer.Option(0.1, "--alpha", help="Weight of the ELBO in alpha*ELBO + (1-alpha)*NLL."),
-    lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (paper: 3e-5 on 8B)."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the training explanations (paper: 3)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per forward pass."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step (paper: 8)."),
-    clip: float = typer.Option(0.3, "--clip", help="Gradient norm clipping (paper: 0.3)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget for stage 2; saves and stops when reached."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    trainable: str = typer.Option("experts,gates,soft,vae", "--trainable", help="Comma list of: experts, gates, soft, vae, ffn, attention, all."),
-    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank on attention q/k/v/o through peft (0 = off)."),
-    stage1_epochs: int = typer.Option(30, "--stage1-epochs", help="Most VAE-GMM epochs when stage 1 runs here."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-) -> None:
-    """Train GaVaMoE (stage 1 VAE-GMM, then the multi-gated MoE LLM) and save it to OUT/model."""
-    from explainrec.data import load_dataset
-    from explainrec.methods.gavamoe.modeling import MoEConfig
-    from explainrec.methods.gavamoe.recipe import TrainConfig, train
-
-    cfg = TrainConfig(
-        model=model, clusters=clusters, alpha=alpha, lr=lr, epochs=epochs, batch_size=batch_size,
-        grad_accum=grad_accum, clip=clip, max_minutes=max_minutes, max_steps=max_steps,
-        trainable=tuple(t.strip() for t in trainable.split(",") if t.strip()), lora_r=lora_r, seed=seed,
-        moe=MoEConfig(variant=variant, n_experts=experts, top_k=top_k, granularity=granularity, init=init,
-                      paired_router=paired_router),
-        stage1={"epochs": stage1_epochs},
-    )
-    summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-
-
-@xrec_app.command("train")
-@_friendly_errors
-def xrec_train(
-    data: str = typer.Option(..., "--data", help=DATA_HELP),
-    out: Path = typer.Option(..., "--out", help="Run folder; LightGCN is trained first unless OUT/lightgcn exists."),
-    model: str = typer.Option("smollm2-135m", "--model", help="Base LLM (frozen): embedded default, HF id (paper: meta-llama/Llama-2-7b-chat-hf), local folder, or 'tiny'."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of the adaptors."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the training explanations."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per forward pass."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget; saves and stops when reached."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    lora_r: int = typer.Option(0, "--lora-r", help="LoRA rank on q/v through peft (0 = LLM fully frozen, as XRec)."),
-    gcn_epochs: int = typer.Option(30, "--gcn-epochs", help="LightGCN epochs."),
-    gcn_dim: int = typer.Option(64, "--gcn-dim", help="LightGCN embedding size (XRec: 64)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-) -> None:
-    """Train XRec (LightGCN, then the MoE adaptors injected into every layer of a frozen LLM); save to OUT/model."""
-    from explainrec.data import load_dataset
-    from explainrec.methods.xrec.recipe import XRecConfig, train
-
-    cfg = XRecConfig(model=model, lr=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-                     max_minutes=max_minutes, max_steps=max_steps, lora_r=lora_r, seed=seed,
-                     lightgcn={"epochs": gcn_epochs, "dim": gcn_dim})
-    summary = train(load_dataset(data, trust_pickle=trust_pickle, seed=seed), out, cfg, resume=resume)
-    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    check_output_folder(out)
+    run_demo(out=out, model_name=model, n=n, batch_size=batch_size, steps=steps, bertscore=bertscore, fresh=fresh,
+             echo=typer.echo)
 
 
 @app.command()
-@_friendly_errors
+@boundary
 def bench(
     config: Path = typer.Argument(..., help="Bench config (.yaml/.yml or .toml): datasets x runs x seeds, experiments."),
     only: Optional[list[str]] = typer.Option(
@@ -367,14 +378,13 @@ def bench(
 ) -> None:
     """Run an experiment grid (resumable: finished runs are skipped), then write OUT/report.md with tables and figures."""
     import shlex
-    import sys
 
     from explainrec.bench.harness import run_bench
 
     words = ["explainrec", "bench", str(config)] + [f"--only={o}" for o in only or []]
     words += [f"--jobs={jobs}"] if jobs else []
     result = run_bench(config, only=only, jobs=jobs, dry_run=dry_run, report_only=report_only,
-                       progress=sys.stderr.isatty(), command=" ".join(shlex.quote(w) for w in words), echo=typer.echo)
+                       progress=stderr_is_terminal(), command=" ".join(shlex.quote(w) for w in words), echo=typer.echo)
     if result.failed:
         raise typer.Exit(1)
 

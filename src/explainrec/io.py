@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks (checkpoints and weights are GBs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,21 +48,53 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: str | Path) -> Path:
+    """Finish a replace that a crash interrupted: ``path`` gone but its ``.old`` copy there -> move it back.
+
+    :func:`atomic_dir` replaces a folder with two renames (old -> ``.old``, new -> ``path``); between them only
+    ``.old`` holds the data, and this puts it back, so a reader always finds the last complete folder.
+    """
+    path = Path(path)
+    old = _old(path)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    return path
+
+
+def clean_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove ``.NAME.*.tmp`` folders that killed writers of ``path`` left behind; return what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
-    A checkpoint is a folder, so the whole folder must appear at once or not at all.
+    A checkpoint is a folder, so the whole folder must appear at once or not at all. Temporaries of earlier
+    killed writes are cleaned first, and an interrupted replace is finished (:func:`recover_dir`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
+    clean_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            _between_renames(path)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -59,3 +102,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _between_renames(path: Path) -> None:
+    """Nothing; the moment between the two renames of :func:`atomic_dir` (tests inject a crash here)."""

@@ -77,13 +77,16 @@ def test_mini_config_end_to_end(finished):
     for run in runs.iterdir():
         assert (run / "seed0" / "done.json").exists(), run.name
         assert not (run / "seed0" / "checkpoint").exists(), "keep_checkpoints: false"
-    # vae-gmm: stage 1 only, its numbers in done.json
+    # vae-gmm: a stage alone, its numbers in done.json
     done = json.loads((runs / "vae-gmm-k3" / "seed0" / "done.json").read_text())
-    assert len(done["stage1"]["cluster_sizes"]) == 3 and 0 <= done["stage1"]["test_auc"] <= 1
+    stage = json.loads((runs / "vae-gmm-k3" / "seed0" / "stage" / "metrics.json").read_text())
+    assert len(done["stage"]["cluster_sizes"]) == 3 and done["stage"]["test_auc"] == stage["test_auc"]
     assert not (runs / "vae-gmm-k3" / "seed0" / "predictions.jsonl").exists()
     # base, gavamoe and single-gate share stage-1 settings: fitted once (by base, the first), copied after
-    assert "stage 1 copied" in result.output
-    s1 = [(runs / r / "seed0" / "stage1" / "model.safetensors").read_bytes() for r in ("base", "gavamoe", "single-gate")]
+    assert result.output.count("stage copied") == 2
+    assert result.output.count("[vae-gmm] training the stage1 stage") == 1
+    s1 = [(runs / r / "seed0" / "stage1" / "model" / "model.safetensors").read_bytes()
+          for r in ("base", "gavamoe", "single-gate")]
     assert s1[0] == s1[1] == s1[2]
     log = [json.loads(x) for x in (out / "bench_log.jsonl").read_text().splitlines()]
     assert log[-1]["done"] == 6 and log[-1]["failed"] == 0 and not log[-1]["interrupted"]
@@ -116,7 +119,7 @@ def test_changed_option_reruns_only_that_run(finished, tmp_path, monkeypatch):
     done = json.loads((tmp_path / "out" / "synthetic" / "gavamoe" / "seed0" / "done.json").read_text())
     assert done["train_steps"] == 3
     assert any("settings changed" in x for x in lines)
-    assert any("stage 1 from" in x and x.rstrip().endswith("base/seed0/stage1") for x in lines)  # same stage 1
+    assert any("stage1 from" in x and x.rstrip().endswith("base/seed0/stage1") for x in lines)  # same stage 1
 
 
 def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypatch):
@@ -133,8 +136,8 @@ def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypat
 
 def test_interrupt_then_rerun_resumes(tmp_path, monkeypatch, write_config):
     """Ctrl-C inside GaVaMoE's stage 2: the rerun keeps the finished run and the fitted stage 1, does the rest."""
-    import explainrec.methods.gavamoe.recipe as recipe
-    import explainrec.methods.gavamoe.stage1 as stage1
+    import explainrec.methods.gavamoe.stage1_method as stage1
+    import explainrec.methods.llm_method as llm_method
 
     config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot", "gavamoe", "vae-gmm-k3"])
     run = tmp_path / "out" / "synthetic"
@@ -143,29 +146,34 @@ def test_interrupt_then_rerun_resumes(tmp_path, monkeypatch, write_config):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(recipe, "run_loop", interrupted)
+        m.setattr(llm_method, "fit", interrupted)
         with pytest.raises(KeyboardInterrupt):
             harness.run_bench(config, **QUIET)
     assert (run / "zero-shot" / "seed0" / "done.json").exists()
-    assert (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").exists()
+    assert (run / "gavamoe" / "seed0" / "stage1" / "model" / "model.safetensors").exists()
     assert not (run / "gavamoe" / "seed0" / "done.json").exists()
     assert not (run / "vae-gmm-k3").exists()
     log = [json.loads(x) for x in (tmp_path / "out" / "bench_log.jsonl").read_text().splitlines()]
     assert log[-1]["interrupted"] and log[-1]["done"] == 1
 
     zero_shot_done = (run / "zero-shot" / "seed0" / "done.json").stat().st_mtime_ns
-    stage1_weights = (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").stat().st_mtime_ns
+    stage1_weights = (run / "gavamoe" / "seed0" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns
     calls = count_run_one(monkeypatch)
     fits: list[int] = []
-    real_fit = stage1.fit_clusters
-    monkeypatch.setattr(stage1, "fit_clusters", lambda ds, k, *a, **kw: fits.append(k) or real_fit(ds, k, *a, **kw))
+    real_fit = stage1.VaeGmmStage.train
+
+    def counted_fit(self, ds, out, config, **kw):
+        fits.append(config.clusters)
+        return real_fit(self, ds, out, config, **kw)
+
+    monkeypatch.setattr(stage1.VaeGmmStage, "train", counted_fit)
     result = harness.run_bench(config, **QUIET)
     assert {o.key: o.status for o in result.outcomes} == {
         "synthetic/zero-shot/seed0": "skipped", "synthetic/gavamoe/seed0": "done", "synthetic/vae-gmm-k3/seed0": "done"}
     assert calls == ["gavamoe", "vae-gmm-k3"]
     assert fits == [3]  # only the vae-gmm run's K=3; gavamoe kept its stage 1
     assert (run / "zero-shot" / "seed0" / "done.json").stat().st_mtime_ns == zero_shot_done
-    assert (run / "gavamoe" / "seed0" / "stage1" / "model.safetensors").stat().st_mtime_ns == stage1_weights
+    assert (run / "gavamoe" / "seed0" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns == stage1_weights
 
 
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, write_config):

@@ -1,7 +1,6 @@
 """Loading: the tiny test model, pad tokens, dtype/device defaults, the GGUF conversion cache."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -154,9 +153,10 @@ def test_interrupted_conversion_leaves_no_cache(fake_gguf, tmp_path, monkeypatch
 
 @pytest.mark.embedded
 def test_embedded_smollm2_loads_and_explains():
-    from explainrec.data.schema import Dataset, Example, IdMap, Interactions
+    from explainrec.data.schema import Pair
+    from explainrec.llm.decoding import GenerationConfig
     from explainrec.llm.generate import generate_texts
-    from explainrec.methods.zero_shot import explain
+    from explainrec.methods import registry
 
     try:
         load_mod.embedded_gguf_path()
@@ -166,12 +166,12 @@ def test_embedded_smollm2_loads_and_explains():
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert not hasattr(model.config, "quantization_config")
     assert tok.pad_token_id != tok.eos_token_id and tok.chat_template
-    ex = Example(user=0, item=0, split="test", explanation="The user would enjoy the tacos.", title="Sonoratown",
-                 item_profile="Fans of Northern Mexican-style tacos would enjoy this casual spot.")
-    graph = Interactions(user=np.zeros(1, dtype=np.int64), item=np.zeros(1, dtype=np.int64), split=np.array(["test"]))
-    ds = Dataset("one", graph, [ex], IdMap(["u"]), IdMap(["i"]))
-    rows, stats = explain([ex], ds, model=model, tokenizer=tok, max_new_tokens=16, progress=False)
-    assert rows[0]["prediction"].strip() and stats.new_tokens > 0
+    pair = Pair("u", "i", title="Sonoratown", item_profile="Fans of Northern Mexican-style tacos would enjoy this spot.")
+    zero_shot = registry.get("zero-shot")
+    explainer = zero_shot.untrained(zero_shot.make_config("cpu"))
+    assert explainer.info["model"] == "smollm2-135m"
+    rows = explainer.explain([pair], GenerationConfig(max_new_tokens=16))
+    assert rows[0]["prediction"].strip()
     prompts = ["<|im_start|>user\nName a fruit.<|im_end|>\n<|im_start|>assistant\n",
                "<|im_start|>user\nWhy do people like tacos? Answer briefly.<|im_end|>\n<|im_start|>assistant\n"]
     batched = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False)

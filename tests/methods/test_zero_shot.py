@@ -1,4 +1,4 @@
-"""Zero-shot recipe end to end on the tiny model: prompts -> batched generation -> a valid predictions file."""
+"""Zero-shot end to end on the tiny model: prompts -> batched generation -> a valid predictions file."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from explainrec.data.schema import Dataset, Example, IdMap, Interactions
-from explainrec.methods.zero_shot import explain, run
+from explainrec.data.schema import DataError, Dataset, Example, IdMap, Interactions, Pair
+from explainrec.llm.decoding import GenerationConfig
+from explainrec.methods import registry
+from explainrec.methods.base import Explainer
+from explainrec.methods.explain import explain_split
+from explainrec.metrics import load_predictions
 
 
 def _dataset() -> Dataset:
@@ -29,11 +33,25 @@ def _dataset() -> Dataset:
     return Dataset("hand", graph, examples, users, items)
 
 
-def test_explain_rows(tiny_llm):
+def _explainer(tiny_llm) -> Explainer:
+    """The zero-shot explainer on the session's tiny LLM (what registry.get('zero-shot').untrained builds)."""
+    from explainrec.data.prompts import build_messages
+
     model, tok = tiny_llm
+    return Explainer(method="zero-shot", llm=model, tokenizer=tok, model=model, prompt=build_messages)
+
+
+def test_untrained_explainer_is_built_from_a_config():
+    explainer = registry.get("zero-shot").untrained(registry.get("zero-shot").make_config("tiny"))
+    rows = explainer.explain([Pair("u1", "i1", title="Cafe")], GenerationConfig(max_new_tokens=4))
+    assert rows[0]["prediction"] and rows[0]["cold_start"] is False and explainer.info["model"] == "tiny"
+
+
+def test_explain_rows(tiny_llm):
     ds = _dataset()
     test = ds.split_examples("test")
-    rows, stats = explain(test, ds, model=model, tokenizer=tok, batch_size=4, max_new_tokens=6, progress=False)
+    rows, stats = explain_split(_explainer(tiny_llm), ds, "test", generation=GenerationConfig(batch_size=4,
+                                max_new_tokens=6), progress=False)
     assert [r["user"] for r in rows] == [f"u{i}" for i in range(6)]
     assert all(r["item"] == "i7" and r["method"] == "zero-shot" and r["features"] == ["coffee"] for r in rows)
     assert [r["reference"] for r in rows] == [e.explanation for e in test]
@@ -43,23 +61,23 @@ def test_explain_rows(tiny_llm):
     assert rows[5]["bucket"] == "ds1" and rows[0]["bucket"] == "ds3"  # u5 is the most active user
 
 
-def test_run_writes_valid_predictions(tiny_llm, tmp_path):
-    model, tok = tiny_llm
+def test_split_writes_valid_predictions(tiny_llm, tmp_path):
     out = tmp_path / "preds.jsonl"
-    stats = run(_dataset(), split="test", out=out, limit=4, model=model, tokenizer=tok, max_new_tokens=5,
-                batch_size=3, progress=False)
+    _, stats = explain_split(_explainer(tiny_llm), _dataset(), "test", limit=4, out=out, progress=False,
+                             generation=GenerationConfig(max_new_tokens=5, batch_size=3))
     lines = out.read_text().splitlines()
     assert len(lines) == 4 == stats.explanations
     rows = [json.loads(line) for line in lines]
     assert {"user", "item", "prediction", "reference", "features", "bucket", "method"} <= set(rows[0])
-    metrics = pytest.importorskip("explainrec.metrics")
-    assert len(metrics.load_predictions(out)) == 4
+    assert list(rows[0])[:4] == ["user", "item", "prediction", "reference"]
+    assert len(load_predictions(out)) == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
-def test_run_from_a_dataset_folder(tiny_llm, tmp_path):
-    """The data_source path goes through explainrec.data.load_dataset (XRec folder layout)."""
-    model, tok = tiny_llm
+def test_split_of_a_dataset_folder(tiny_llm, tmp_path):
+    """An XRec-style folder read through explainrec.data.load_dataset, its 'validation' alias accepted."""
+    from explainrec.data import load_dataset
+
     folder = tmp_path / "xrec"
     folder.mkdir()
     rows = [{"user": u, "item": 10 + u, "title": f"Place {u}", "user_profile": "Likes food.", "item_profile": "Food.",
@@ -68,17 +86,17 @@ def test_run_from_a_dataset_folder(tiny_llm, tmp_path):
     (folder / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "interactions.csv").write_text("user,item,split\n" + "".join(f"{u},{10 + u},train\n" for u in range(6)))
     out = tmp_path / "preds.jsonl"
-    run(str(folder), out=out, model=model, tokenizer=tok, max_new_tokens=3, progress=False)
+    explain_split(_explainer(tiny_llm), load_dataset(folder), "test", out=out, progress=False,
+                  generation=GenerationConfig(max_new_tokens=3))
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["user"] for r in got) == ["0", "1", "2"]
 
 
 def test_bad_arguments(tiny_llm, tmp_path):
-    model, tok = tiny_llm
-    with pytest.raises(ValueError, match="both model and tokenizer"):
-        explain([], _dataset(), model=model)
-    with pytest.raises(ValueError, match="no examples"):
-        run(_dataset(), split="valid", out=tmp_path / "p.jsonl", model=model, tokenizer=tok)
-    with pytest.raises(ValueError, match="limit"):
-        run(_dataset(), out=tmp_path / "p.jsonl", limit=-1, model=model, tokenizer=tok)
+    with pytest.raises(DataError, match="no explained pairs in split 'valid'"):
+        explain_split(_explainer(tiny_llm), _dataset(), "validation", out=tmp_path / "p.jsonl")
+    with pytest.raises(DataError, match="limit must be at least 1"):
+        explain_split(_explainer(tiny_llm), _dataset(), "test", out=tmp_path / "p.jsonl", limit=0)
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        explain_split(_explainer(tiny_llm), _dataset(), "dev", out=tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists()

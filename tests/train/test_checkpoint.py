@@ -104,15 +104,56 @@ def test_missing_file_is_named(tmp_path):
 def test_corrupt_weights_are_named(tmp_path):
     save_checkpoint(tmp_path / "ck", model=_model(), state={})
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: contents changed .*checksum"):
+        load_checkpoint(tmp_path / "ck", model=_model())
+
+
+def test_overwritten_tensor_bytes_are_caught_before_resuming(tmp_path):
+    """Bytes changed in place (still a readable safetensors file, e.g. NaNs written over the weights) would resume
+    into garbage; the checksum in COMPLETE refuses the checkpoint instead."""
+    save_checkpoint(tmp_path / "ck", model=_model(), state={})
+    file = tmp_path / "ck" / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # the last float32 becomes NaN; the header stays valid
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: contents changed"):
         load_checkpoint(tmp_path / "ck", model=_model())
 
 
 def test_corrupt_state_json_is_named(tmp_path):
     save_checkpoint(tmp_path / "ck", model=_model(), state={"epoch": 1})
     (tmp_path / "ck" / "state.json").write_text("{broken")
-    with pytest.raises(CheckpointError, match=r"state\.json: cannot read JSON"):
+    with pytest.raises(CheckpointError, match=r"state\.json: contents changed"):
         load_checkpoint(tmp_path / "ck", model=_model())
+
+
+def test_a_crash_between_the_two_renames_keeps_a_checkpoint(tmp_path, monkeypatch):
+    """atomic_dir replaces a folder by moving the old one to .NAME.old, then the new one in; a crash in between
+    leaves only .old, which the next reader (or writer) moves back."""
+    import explainrec.io as io
+
+    save_checkpoint(tmp_path / "ck", model=_model(), state={"epoch": 1})
+
+    def crash(_path):
+        raise KeyboardInterrupt("killed between the renames")
+
+    monkeypatch.setattr(io, "_between_renames", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "ck", model=_model(), state={"epoch": 2})
+    assert not (tmp_path / "ck").exists() and (tmp_path / ".ck.old").is_dir()  # the window really was hit
+    assert is_complete(tmp_path / "ck")  # recovered
+    assert load_checkpoint(tmp_path / "ck", model=_model()) == {"epoch": 1}
+    monkeypatch.undo()
+    save_checkpoint(tmp_path / "ck", model=_model(), state={"epoch": 3})
+    assert load_checkpoint(tmp_path / "ck", model=_model()) == {"epoch": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_leftover_temporary_folders_are_cleaned_at_the_next_save(tmp_path):
+    (tmp_path / ".ck.abc123.tmp").mkdir()  # what a writer killed mid-save leaves
+    (tmp_path / ".ck.abc123.tmp" / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path / "ck", model=_model(), state={"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 def test_wrong_shapes_are_named(tmp_path):

@@ -22,23 +22,25 @@ chart), ``gates`` (Table 3: cluster sizes and metrics per number of clusters K),
 user-activity bucket ds1/ds2/ds3), ``latent`` (Figure 5: each run's stage-1 latent plot). ``description`` (free text)
 opens the report; ``jobs`` (default 1) is how many runs go at once, each in its own process (``--jobs``
 overrides it); ``keep_checkpoints: false`` deletes a run's training checkpoint (weights + optimizer state, the
-largest files) once the run is done. Method ``vae-gmm`` runs GaVaMoE's stage 1 alone (options ``clusters``, ``stage1``, ``seed``).
+largest files) once the run is done; ``precision`` (fp32 | int8) sets the generation weights. Any registered
+method may be a run's ``method`` (``explainrec methods``), stage-only ones too (e.g. ``vae-gmm``: GaVaMoE's stage 1
+alone, for cluster sweeps); its ``options`` are that method's settings.
 
 A relative ``out`` or dataset folder is taken from the directory the command runs in, so the shipped configs
 work from the repository root.
 """
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from explainrec.bench.runner import METHODS, RunSpec
-from explainrec.data.schema import DataError
+from explainrec.bench.runner import RunSpec
+from explainrec.config import ConfigError
+from explainrec.config import merge_dicts
 
 TOP_KEYS = {"name", "description", "out", "datasets", "seeds", "split", "limit", "bertscore", "generation", "defaults",
-            "runs", "experiments", "jobs", "keep_checkpoints"}
+            "runs", "experiments", "jobs", "keep_checkpoints", "precision"}
 EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent")
 
 
@@ -53,22 +55,11 @@ class PlannedRun:
     run_dir: Path
 
 
-def merge(base: dict, override: dict) -> dict:
-    """``base`` updated by ``override``, nested dicts merged key by key (neither input changes)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def load_config(path: str | Path) -> dict:
     """Read a YAML (.yaml/.yml) or TOML (.toml) bench config and check its top-level shape."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such config file")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
@@ -80,37 +71,40 @@ def load_config(path: str | Path) -> dict:
 
             cfg = yaml.safe_load(text)
     except Exception as exc:  # noqa: BLE001 -- the parsers' own errors carry the line
-        raise DataError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from exc
     if not isinstance(cfg, dict):
-        raise DataError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     unknown = set(cfg) - TOP_KEYS
     if unknown:
-        raise DataError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
     for key in ("datasets", "runs"):
         if not isinstance(cfg.get(key), dict) or not cfg[key]:
-            raise DataError(f"{path}: field '{key}' must be a non-empty mapping")
+            raise ConfigError(f"{path}: field '{key}' must be a non-empty mapping")
     for name, run in cfg["runs"].items():
         if not isinstance(run, dict) or "method" not in run:
-            raise DataError(f"{path}: runs.{name} needs a 'method'")
+            raise ConfigError(f"{path}: runs.{name} needs a 'method'")
         extra = set(run) - {"method", "options"}
         if extra:
-            raise DataError(f"{path}: runs.{name}: unknown key(s) {sorted(extra)} (expected method, options)")
+            raise ConfigError(f"{path}: runs.{name}: unknown key(s) {sorted(extra)} (expected method, options)")
         if run.get("options") is not None and not isinstance(run["options"], dict):
-            raise DataError(f"{path}: runs.{name}.options must be a mapping")
+            raise ConfigError(f"{path}: runs.{name}.options must be a mapping")
     for key in ("datasets", "runs"):
         for name in cfg[key]:
             if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-                raise DataError(f"{path}: {key}.{name}: names are folder names (no '/', no leading '.')")
+                raise ConfigError(f"{path}: {key}.{name}: names are folder names (no '/', no leading '.')")
     seeds = cfg.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise DataError(f"{path}: field 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
+        raise ConfigError(f"{path}: field 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
     jobs = cfg.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise DataError(f"{path}: field 'jobs' must be a positive integer (runs at a time)")
+        raise ConfigError(f"{path}: field 'jobs' must be a positive integer (runs at a time)")
     for key in ("generation", "defaults", "experiments"):
         if cfg.get(key) is not None and not isinstance(cfg[key], dict):
-            raise DataError(f"{path}: field '{key}' must be a mapping")
+            raise ConfigError(f"{path}: field '{key}' must be a mapping")
+    from explainrec.llm.decoding import GenerationConfig
+
+    GenerationConfig.from_dict(cfg.get("generation") or {}, f"{path}: generation")
     _check_experiments(cfg, path)
     cfg["_path"] = str(path)
     return cfg
@@ -119,65 +113,13 @@ def load_config(path: str | Path) -> dict:
 def _check_experiments(cfg: dict, path: Path) -> None:
     for kind, names in (cfg.get("experiments") or {}).items():
         if kind not in EXPERIMENTS:
-            raise DataError(f"{path}: experiments.{kind}: unknown experiment; choose from {list(EXPERIMENTS)}")
+            raise ConfigError(f"{path}: experiments.{kind}: unknown experiment; choose from {list(EXPERIMENTS)}")
         if not isinstance(names, list) or not names:
-            raise DataError(f"{path}: experiments.{kind} must be a non-empty list of run names")
+            raise ConfigError(f"{path}: experiments.{kind} must be a non-empty list of run names")
         missing = [n for n in names if n not in cfg["runs"]]
         if missing:
-            raise DataError(f"{path}: experiments.{kind}: run(s) {missing} are not in 'runs' "
+            raise ConfigError(f"{path}: experiments.{kind}: run(s) {missing} are not in 'runs' "
                             f"(runs: {list(cfg['runs'])})")
-
-
-def option_fields(method: str) -> dict[str, set[str] | None]:
-    """The option names a method takes: name -> allowed sub-keys for nested mappings, or None for plain values."""
-    import dataclasses
-    import inspect
-
-    def params(fn, drop: set[str]) -> set[str]:
-        return set(inspect.signature(fn).parameters) - drop
-
-    if method == "zero-shot":
-        return {"model": None}
-    if method in ("gavamoe", "vae-gmm"):
-        from explainrec.methods.gavamoe.modeling import MoEConfig
-        from explainrec.methods.gavamoe.recipe import TrainConfig
-        from explainrec.methods.gavamoe.stage1 import Stage1Config
-
-        # fit_clusters' keyword arguments, less the ones the recipe passes itself (K, seed, progress)
-        stage1 = {f.name for f in dataclasses.fields(Stage1Config)} - {"n_clusters", "seed", "progress"}
-        if method == "vae-gmm":
-            return {"clusters": None, "seed": None, "stage1": stage1}
-        fields = {f.name: None for f in dataclasses.fields(TrainConfig)}
-        return {**fields, "moe": {f.name for f in dataclasses.fields(MoEConfig)}, "stage1": stage1}
-    if method == "xrec":
-        from explainrec.methods.xrec.lightgcn import train_lightgcn
-        from explainrec.methods.xrec.recipe import XRecConfig
-
-        fields = {f.name: None for f in dataclasses.fields(XRecConfig)}
-        return {**fields, "lightgcn": params(train_lightgcn, {"dataset", "seed", "progress", "echo"})}
-    raise ValueError(f"unknown method {method!r}")
-
-
-def check_options(method: str, options: dict, where: str) -> None:
-    """Raise a DataError naming ``where`` (e.g. ``demo.yaml: runs.base.options``) for an option the method lacks."""
-    fields = option_fields(method)
-    for key, value in options.items():
-        if key not in fields:
-            raise DataError(f"{where}: unknown option '{key}' for method {method}; expected some of {sorted(fields)}")
-        sub = fields[key]
-        if sub is None:
-            continue
-        if not isinstance(value, dict):
-            raise DataError(f"{where}.{key} must be a mapping (keys: {sorted(sub)})")
-        bad = sorted(set(value) - sub)
-        if bad:
-            raise DataError(f"{where}.{key}: unknown option(s) {bad}; expected some of {sorted(sub)}")
-    variant = (options.get("moe") or {}).get("variant") if method == "gavamoe" else None
-    if variant is not None:
-        from explainrec.methods.gavamoe.modeling import VARIANTS
-
-        if variant not in VARIANTS:
-            raise DataError(f"{where}.moe.variant: {variant!r} is not one of {list(VARIANTS)}")
 
 
 def out_dir(cfg: dict) -> Path:
@@ -188,27 +130,30 @@ def out_dir(cfg: dict) -> Path:
 def plan(cfg: dict) -> list[PlannedRun]:
     """Every (dataset, run, seed) of the config, with its spec and folder, in config order."""
     out = out_dir(cfg)
+    from explainrec.methods import registry
+
     defaults = cfg.get("defaults") or {}
     path = cfg.get("_path", "config")
     for method, options in defaults.items():
-        if method not in METHODS:
-            raise DataError(f"{path}: defaults.{method}: unknown method; choose from {list(METHODS)}")
+        try:
+            entry = registry.get(method)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: defaults.{method}: {exc}") from None
         if not isinstance(options, dict):
-            raise DataError(f"{path}: defaults.{method} must be a mapping of options")
-        check_options(method, options, f"{path}: defaults.{method}")
+            raise ConfigError(f"{path}: defaults.{method} must be a mapping of options")
+        entry.config_class.from_dict(options, f"{path}: defaults.{method}")  # unknown key or bad value: named here
     planned = []
     for ds_name, data in cfg["datasets"].items():
         for run_name, run in cfg["runs"].items():
             for seed in cfg.get("seeds") or [0]:
-                options = merge(defaults.get(run["method"]) or {}, run.get("options") or {})
-                if run["method"] in METHODS:
-                    check_options(run["method"], run.get("options") or {}, f"{path}: runs.{run_name}.options")
+                options = merge_dicts(defaults.get(run["method"]) or {}, run.get("options") or {})
                 try:
                     spec = RunSpec(data=str(data), method=run["method"], seed=int(seed), options=options,
                                    generation=dict(cfg.get("generation") or {}), split=cfg.get("split", "test"),
-                                   limit=cfg.get("limit"))
-                except ValueError as exc:
-                    raise DataError(f"{path}: runs.{run_name}: {exc}") from exc
+                                   limit=cfg.get("limit"), precision=cfg.get("precision", "fp32"))
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: runs.{run_name}: {exc}") from None
+                spec.config(f"{path}: runs.{run_name}.options")  # every run's settings checked before any run starts
                 planned.append(PlannedRun(ds_name, run_name, int(seed), spec,
                                           out / ds_name / run_name / f"seed{seed}"))
     return planned

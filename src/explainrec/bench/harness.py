@@ -7,8 +7,9 @@
 
 A run is a folder (see :mod:`explainrec.bench.runner`): one with ``done.json`` and an unchanged ``run.json`` is
 skipped, a half-done one continues where it stopped, a changed one starts again. A run that raises leaves its
-traceback in ``RUN/error.txt`` and the bench carries on; the exit status is then non-zero. GaVaMoE runs with equal
-stage-1 settings (data, K, seed, VAE-GMM options) fit the VAE-GMM once: later ones start from a copy.
+traceback in ``RUN/error.txt`` and the bench carries on; the exit status is then non-zero. Runs whose upstream stages
+have equal settings (method, config, data: e.g. GaVaMoE variants sharing a VAE-GMM) train each stage once: later
+ones start from a copy.
 ``OUT/bench_log.jsonl`` gets one line per invocation (command, wall time, machine, what ran).
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from explainrec.bench.config import PlannedRun, describe, load_config, out_dir, plan
-from explainrec.bench.runner import run_one, stage1_settings
+from explainrec.bench.report import write_report
+from explainrec.bench.runner import run_one, stage_keys
+from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_info, run_state
 from explainrec.io import atomic_write_text
 
-LOG_FILE = "bench_log.jsonl"
-ERROR_FILE = "error.txt"
 # With --jobs, another worker starts only while this much memory is free (a GaVaMoE run on SmolLM2-135M peaks near
 # 7 GB: weights, gradients and AdamW state of the experts); a lone run always starts.
 MIN_FREE_GB = 8.0
@@ -69,38 +69,27 @@ def select(planned: list[PlannedRun], only: list[str] | None) -> list[PlannedRun
                    for name in (run_key(p), f"{p.dataset}/{p.run}", p.run))]
 
 
-def run_state(p: PlannedRun) -> str:
-    """``done``, ``failed``, ``partial`` (started), ``todo``, or ``stale`` (its folder holds other settings)."""
-    spec_path = p.run_dir / "run.json"
-    if spec_path.exists():
-        try:
-            same = json.loads(spec_path.read_text()) == p.spec.to_dict()
-        except json.JSONDecodeError:
-            same = False
-        if not same:
-            return "stale"
-    if (p.run_dir / "done.json").exists() and spec_path.exists():
-        return "done"
-    if (p.run_dir / ERROR_FILE).exists():
-        return "failed"
-    return "partial" if p.run_dir.exists() else "todo"
+def stage_sources(p: PlannedRun, planned: list[PlannedRun]) -> dict[str, Path]:
+    """For each stage ``p`` still lacks: a finished stage folder of another run of the config with the same key."""
+    from explainrec.methods.runs import stage_is_done
 
-
-def stage1_source(p: PlannedRun, planned: list[PlannedRun]) -> Path | None:
-    """A finished ``stage1/`` of another run of the config with the same stage-1 settings, if there is one."""
-    wanted = stage1_settings(p.spec)
-    if wanted is None or ((p.run_dir / "stage1").exists() and run_state(p) != "stale"):
-        return None  # (a stale folder is cleared before the run starts, its stage 1 with it)
-    for q in planned:
-        src = q.run_dir / "stage1"
-        if q.run_dir == p.run_dir or not (src / "metrics.json").exists() or run_state(q) == "stale":
+    stale = run_state(p) == "stale"  # (a stale folder is cleared before the run starts, its stages with it)
+    found: dict[str, Path] = {}
+    for folder, key in stage_keys(p.spec).items():
+        if (p.run_dir / folder).exists() and not stale:
             continue
-        if stage1_settings(q.spec) == wanted:
-            return src
-    return None
+        for q in planned:
+            if q.run_dir == p.run_dir or run_state(q) == "stale":
+                continue
+            src = next((q.run_dir / f for f, k in stage_keys(q.spec).items()
+                        if k == key and stage_is_done(q.run_dir / f)), None)
+            if src is not None:
+                found[folder] = src
+                break
+    return found
 
 
-def execute(p: PlannedRun, *, bertscore: bool = True, progress: bool = False, stage1_from: Path | None = None,
+def execute(p: PlannedRun, *, bertscore: bool = True, progress: bool = False, stages: dict[str, Path] | None = None,
             keep_checkpoints: bool = True, echo=print) -> Outcome:
     """Run one planned run; an exception becomes ``RUN/error.txt`` and a "failed" outcome (Ctrl-C propagates).
 
@@ -110,7 +99,7 @@ def execute(p: PlannedRun, *, bertscore: bool = True, progress: bool = False, st
     t0 = time.perf_counter()
     error_path = p.run_dir / ERROR_FILE
     try:
-        run_one(p.spec, p.run_dir, bertscore=bertscore, progress=progress, echo=echo, stage1_from=stage1_from)
+        run_one(p.spec, p.run_dir, bertscore=bertscore, progress=progress, echo=echo, stage_sources=stages)
     except Exception as exc:  # noqa: BLE001 -- one run's failure must not stop the others
         p.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(error_path, traceback.format_exc())
@@ -120,12 +109,12 @@ def execute(p: PlannedRun, *, bertscore: bool = True, progress: bool = False, st
     if not keep_checkpoints:
         import shutil
 
-        for ckpt in (p.run_dir / "checkpoint", p.run_dir / "stage1" / "checkpoint"):
+        for ckpt in [p.run_dir / "checkpoint"] + [p.run_dir / f / "checkpoint" for f in stage_keys(p.spec)]:
             shutil.rmtree(ckpt, ignore_errors=True)
     return Outcome(run_key(p), "done", time.perf_counter() - t0)
 
 
-def _worker(p: PlannedRun, bertscore: bool, stage1_from: Path | None, keep_checkpoints: bool, log_path: Path,
+def _worker(p: PlannedRun, bertscore: bool, stages: dict[str, Path], keep_checkpoints: bool, log_path: Path,
             threads: int | None) -> Outcome:
     """One run in a worker process, its output going to ``log_path`` (the parent prints start/end lines)."""
     import contextlib
@@ -141,7 +130,7 @@ def _worker(p: PlannedRun, bertscore: bool, stage1_from: Path | None, keep_check
         def echo(*args):
             print(*args, file=log, flush=True)
 
-        return execute(p, bertscore=bertscore, progress=False, stage1_from=stage1_from,
+        return execute(p, bertscore=bertscore, progress=False, stages=stages,
                        keep_checkpoints=keep_checkpoints, echo=echo)
 
 
@@ -156,55 +145,6 @@ def memory_available_gb() -> float | None:
     return None
 
 
-def fmt_seconds(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def machine_info() -> dict:
-    """What the timings were measured on."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        pass
-    info["git"] = _git_revision()
-    return info
-
-
-def _git_revision() -> str | None:
-    """The commit of the checkout this package runs from (None when it is not one, e.g. an installed wheel)."""
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=here, check=False)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=here, check=False).stdout.strip()
-        return rev.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | None = None, dry_run: bool = False,
               report_only: bool = False, progress: bool = False, command: str | None = None,
               echo=print) -> BenchResult:
@@ -212,23 +152,21 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
 
     ``jobs``: runs at a time (default: the config's ``jobs``, else 1); more than one runs each in a spawned process.
     """
-    from explainrec.bench.report import write_report
-
     cfg = load_config(config)
     jobs = jobs or cfg.get("jobs") or 1
     planned = plan(cfg)
     chosen = select(planned, only)
     if only and not chosen:
-        from explainrec.data.schema import DataError
+        from explainrec.config import ConfigError
 
-        raise DataError(f"{config}: --only {' '.join(only)} matches none of the {len(planned)} runs")
+        raise ConfigError(f"{config}: --only {' '.join(only)} matches none of the {len(planned)} runs")
     out = out_dir(cfg)
     command = command or " ".join(["explainrec", "bench", str(config)])
     if dry_run:
         lines = describe(chosen).splitlines()
         for p, line in zip(chosen, lines):
-            share = stage1_source(p, planned)
-            echo(f"[{run_state(p):>7}] {line}" + (f"  (stage 1 from {share})" if share else ""))
+            share = stage_sources(p, planned)
+            echo(f"[{run_state(p):>7}] {line}" + "".join(f"  ({f} from {src})" for f, src in share.items()))
         echo(f"{len(chosen)} run(s) of {len(planned)}; folders under {out}; report: {out / 'report.md'}")
         return BenchResult()
     if report_only:
@@ -298,7 +236,7 @@ def _end_line(o: Outcome, p: PlannedRun) -> str:
         done = json.loads((p.run_dir / "done.json").read_text())
     except (OSError, json.JSONDecodeError):
         return f"done in {fmt_seconds(o.seconds)}"
-    m, s1 = done.get("metrics") or {}, done.get("stage1") or {}
+    m, s1 = done.get("metrics") or {}, done.get("stage") or {}
     shown = {k: m[k] for k in ("bleu4", "rougeL", "bertscore_f1") if k in m}
     shown.update({k: s1[k] for k in ("cluster_sizes", "test_auc") if k in s1})
     return f"done in {fmt_seconds(o.seconds)} " + " ".join(
@@ -313,10 +251,10 @@ def _run_sequential(chosen, planned, cfg, result, t0, progress, echo) -> None:
             echo(f"[bench] {i}/{n} {key}: finished before, skipped")
             result.outcomes.append(Outcome(key, "skipped"))
             continue
-        share = stage1_source(p, planned)
+        share = stage_sources(p, planned)
         echo(f"[bench] {i}/{n} {key}: start {p.spec.method} ({state}) at {fmt_seconds(time.perf_counter() - t0)}"
-             + (f", stage 1 from {share}" if share else ""))
-        o = execute(p, bertscore=cfg.get("bertscore", True), progress=progress, stage1_from=share,
+             + "".join(f", {f} from {src}" for f, src in share.items()))
+        o = execute(p, bertscore=cfg.get("bertscore", True), progress=progress, stages=share,
                     keep_checkpoints=cfg.get("keep_checkpoints", True), echo=echo)
         result.outcomes.append(o)
         echo(f"[bench] {i}/{n} {key}: {_end_line(o, p)} (bench at {fmt_seconds(time.perf_counter() - t0)})")
@@ -325,8 +263,8 @@ def _run_sequential(chosen, planned, cfg, result, t0, progress, echo) -> None:
 def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
     """Up to ``jobs`` runs at once in spawned worker processes (output in OUT/logs/).
 
-    A GaVaMoE run waits while another run in flight is still fitting the stage 1 it would share, so each
-    VAE-GMM is fitted once; other runs overtake it meanwhile.
+    A run waits while another run in flight is still training a stage it would share, so each stage is
+    trained once; other runs overtake it meanwhile.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -342,12 +280,13 @@ def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
         else:
             pending.append(p)
 
-    def waits_for_stage1(p, running) -> bool:
-        wanted = stage1_settings(p.spec)
-        if wanted is None or ((p.run_dir / "stage1").exists() and run_state(p) != "stale"):
-            return False
-        return any(stage1_settings(r.spec) == wanted and not (r.run_dir / "stage1" / "metrics.json").exists()
-                   for r in running.values())
+    from explainrec.methods.runs import stage_is_done
+
+    def waits_for_stage(p, running) -> bool:
+        stale = run_state(p) == "stale"
+        wanted = {k for f, k in stage_keys(p.spec).items() if stale or not (p.run_dir / f).exists()}
+        return any(k in wanted and not stage_is_done(r.run_dir / f)
+                   for r in running.values() for f, k in stage_keys(r.spec).items())
 
     # the cores shared out between the workers, unless OMP_NUM_THREADS says otherwise (the workers inherit it)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -364,7 +303,7 @@ def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                p = next((q for q in pending if not waits_for_stage1(q, running)), None)
+                p = next((q for q in pending if not waits_for_stage(q, running)), None)
                 if p is None:
                     break
                 free = memory_available_gb()
@@ -375,11 +314,11 @@ def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
                         told_memory = True
                     break
                 pending.remove(p)
-                share = stage1_source(p, planned)
+                share = stage_sources(p, planned)
                 log_path = out / "logs" / f"{p.dataset}_{p.run}_seed{p.seed}.log"
                 echo(f"[bench] {index[run_key(p)]}/{n} {run_key(p)}: start {p.spec.method} ({run_state(p)}) at "
                      f"{fmt_seconds(time.perf_counter() - t0)}, log {log_path}"
-                     + (f", stage 1 from {share}" if share else ""))
+                     + "".join(f", {f} from {src}" for f, src in share.items()))
                 args = (_worker, p, cfg.get("bertscore", True), share, cfg.get("keep_checkpoints", True), log_path, threads)
                 try:
                     running[pool.submit(*args)] = p

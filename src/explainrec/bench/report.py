@@ -1,6 +1,6 @@
 """The bench report: one Markdown file (OUT/report.md) with the paper's tables, PNG figures in OUT/figures/.
 
-Everything is read back from the run folders (``done.json``, ``stage1/metrics.json``, ``error.txt``) and from
+Everything is read back from the run folders (``done.json``, the stages' ``metrics.json``, ``error.txt``) and from
 ``OUT/bench_log.jsonl``, so the report can be rebuilt at any time (``explainrec bench CONFIG --report-only``) and
 shows whatever has finished. Experiments (the config's ``experiments:``):
 
@@ -8,7 +8,7 @@ shows whatever has finished. Experiments (the config's ``experiments:``):
     ablation   Figure 3: the same table over the ablation runs, plus a bar chart per dataset
     gates      Table 3: per number of clusters K, the cluster sizes, stage 1's test AUC and the text metrics
     sparsity   Figure 4: the metrics per user-activity bucket (ds1 most active ... ds3 sparsest), table + bars
-    latent     Figure 5: each run's stage-1 latent plot (stage1/latent.png), copied into figures/
+    latent     Figure 5: each run's stage-1 latent plot (its clustering stage's latent.png), copied into figures/
 
 With several seeds a cell is ``mean ± std`` over the seeds (sample std, ddof=1); the best value of a column is bold.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explainrec.bench.config import PlannedRun
+from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_info, run_state
 from explainrec.io import atomic_write_text
 from explainrec.metrics.report import METRICS
 
@@ -37,15 +38,16 @@ class RunResult:
     """One planned run as found on disk."""
 
     planned: PlannedRun
-    state: str  # done | failed | partial | todo | stale  (see harness.run_state)
+    state: str  # done | failed | partial | todo | stale  (see state.run_state)
     done: dict | None = None
-    stage1: dict | None = None  # RUN/stage1/metrics.json
+    stage1: dict | None = None  # metrics.json of the run's clustering stage (GaVaMoE's stage1/, a vae-gmm stage/)
+    stage_dir: Path | None = None  # that stage's folder
     train: dict | None = None  # RUN/train_summary.json (trained methods)
     error: str | None = None  # last line of RUN/error.txt
 
 
 def collect(planned: list[PlannedRun]) -> list[RunResult]:
-    from explainrec.bench.harness import ERROR_FILE, run_state
+    from explainrec.bench.runner import stage_folders
 
     results = []
     for p in planned:
@@ -54,7 +56,11 @@ def collect(planned: list[PlannedRun]) -> list[RunResult]:
             r.done = _read_json(p.run_dir / "done.json")
             r.train = _read_json(p.run_dir / "train_summary.json")
         if r.state != "stale":
-            r.stage1 = _read_json(p.run_dir / "stage1" / "metrics.json")
+            for folder in stage_folders(p.spec, p.run_dir):  # the stage that clustered the pairs, if any
+                metrics = _read_json(folder / "metrics.json")
+                if metrics and "n_clusters" in metrics:
+                    r.stage1, r.stage_dir = metrics, folder
+                    break
         if r.state == "failed":
             lines = [x for x in (p.run_dir / ERROR_FILE).read_text(errors="replace").splitlines() if x.strip()]
             r.error = lines[-1] if lines else "(empty error.txt)"
@@ -267,12 +273,7 @@ def section_ablation(cfg, results, runs, out) -> list[str]:
 def _clusters(r: RunResult) -> int | None:
     if r.stage1 and "n_clusters" in r.stage1:
         return int(r.stage1["n_clusters"])
-    k = r.planned.spec.options.get("clusters")
-    if k is None and r.planned.spec.method == "gavamoe":
-        from explainrec.methods.gavamoe.recipe import TrainConfig
-
-        k = TrainConfig.clusters
-    return k
+    return getattr(r.planned.spec.config(), "clusters", None)
 
 
 def section_gates(cfg, results, runs, out) -> list[str]:
@@ -335,15 +336,15 @@ def section_sparsity(cfg, results, runs, out) -> list[str]:
 
 def section_latent(cfg, results, runs, out) -> list[str]:
     lines = ["## Latent space (Figure 5)", "",
-             "Stage 1's latent means q(z|x) of training pairs, coloured by cluster (each run's `stage1/latent.png`).", ""]
+             "Stage 1's latent means q(z|x) of training pairs, coloured by cluster (each run's `latent.png` from its clustering stage).", ""]
     for ds in _datasets(cfg):
         lines += [f"### {ds}", ""]
         cells = []
         for run, rs in _groups(results, ds, runs):
             for r in rs:
-                src = r.planned.run_dir / "stage1" / "latent.png"
+                src = r.stage_dir / "latent.png" if r.stage_dir else None
                 name = f"{run} seed{r.planned.seed}"
-                if r.state == "stale" or not src.exists():
+                if r.state == "stale" or src is None or not src.exists():
                     cells.append((name, None, f"no latent plot yet ({r.state})"))
                     continue
                 dst = out / FIGURES / f"latent_{ds}_{run}_seed{r.planned.seed}.png"
@@ -395,8 +396,6 @@ def section_costs(results: list[RunResult]) -> list[str]:
 
 
 def _read_log(out: Path) -> list[dict]:
-    from explainrec.bench.harness import LOG_FILE
-
     path = out / LOG_FILE
     if not path.exists():
         return []
@@ -410,8 +409,6 @@ def _read_log(out: Path) -> list[dict]:
 
 
 def section_setup(cfg: dict, results: list[RunResult], out: Path) -> list[str]:
-    from explainrec.bench.harness import fmt_seconds, machine_info
-
     log = _read_log(out)
     last = log[-1] if log else None
     machine = (last or {}).get("machine") or machine_info()

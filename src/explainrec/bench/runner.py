@@ -1,15 +1,17 @@
-"""One run of the experiment harness: train (if the method trains) -> explain a split -> evaluate, resumably.
+"""One run of the experiment harness: train (through the registry) -> explain a split -> evaluate, resumably.
 
-A run folder holds ``run.json`` (the run's full settings), then what each stage leaves behind::
+A run folder holds ``run.json`` (the run's full settings), then what each step leaves behind::
 
     run.json            the spec; a folder whose run.json differs is cleared and redone
-    stage1/ lightgcn/   checkpoint/ model/ train_summary.json     (trained methods; see their recipes)
-                        (method vae-gmm: stage1/ only -- no LLM, no predictions; done.json carries stage 1's metrics)
+    config.yaml, <stage>/, checkpoint/, model/, train_summary.json     (see explainrec.methods.runs)
     predictions.jsonl   the explained split (atomic)
     metrics.json/.md    the evaluation (explainrec.metrics)
     done.json           written last: timings and generation throughput
 
-Each stage is skipped when its output exists, and training resumes from ``checkpoint/``, so an interrupted run
+A stage-only method (``explains = False``: vae-gmm, lightgcn) trains into ``RUN/stage/`` and its done.json
+carries the stage's metrics instead.
+
+Each step is skipped when its output exists, and training resumes from its checkpoint, so an interrupted run
 picks up where it stopped and a finished one costs nothing to "rerun".
 """
 from __future__ import annotations
@@ -20,126 +22,138 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from explainrec.config import Config, ConfigError
 from explainrec.io import atomic_write_json
-
-METHODS = ("zero-shot", "gavamoe", "xrec", "vae-gmm")  # vae-gmm: GaVaMoE's stage 1 alone (cluster sweeps, Figure 5)
-VAE_GMM_OPTIONS = ("clusters", "stage1", "seed")  # the stage-1 part of gavamoe's options, same names
-GENERATION_KEYS = ("batch_size", "max_new_tokens", "do_sample", "temperature", "top_p", "num_beams", "seed")
 
 
 @dataclass
 class RunSpec:
     """Everything that decides a run's result; two runs with equal specs are the same run."""
 
-    data: str  # anything explainrec.data.load_dataset reads: "synthetic", "synthetic:n_users=200", a folder
-    method: str  # one of METHODS
+    data: str  # anything explainrec.data.load_dataset reads: "synthetic", "synthetic:users=200", a folder
+    method: str  # a registered method (explainrec methods)
     seed: int = 0
-    options: dict = field(default_factory=dict)  # the method's config fields (TrainConfig / XRecConfig / zero-shot)
-    generation: dict = field(default_factory=dict)  # GENERATION_KEYS
+    options: dict = field(default_factory=dict)  # the method's config keys (nested as in its config)
+    generation: dict = field(default_factory=dict)  # explainrec.llm.decoding.GenerationConfig keys
     split: str = "test"
     limit: int | None = None  # explain only the first N pairs of the split
+    precision: str = "fp32"  # generation weights: fp32 | int8
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
-        bad = set(self.generation) - set(GENERATION_KEYS)
-        if bad:
-            raise ValueError(f"unknown generation option(s) {sorted(bad)}; choose from {GENERATION_KEYS}")
+        from explainrec.llm.decoding import GenerationConfig
+
+        self.method_entry()  # unknown method -> ConfigError listing the known ones
+        GenerationConfig.from_dict(self.generation, "generation")
+        if self.precision not in ("fp32", "int8"):
+            raise ConfigError(f"precision: {self.precision!r} is not one of fp32, int8")
+
+    def method_entry(self):
+        from explainrec.methods import registry
+
+        return registry.get(self.method)
+
+    def config(self, where: str | None = None) -> Config:
+        """The method's config: its defaults, then ``options``; the run's seed unless ``options`` sets one."""
+        cls = self.method_entry().config_class
+        options = dict(self.options)
+        if "seed" in cls.__dataclass_fields__:
+            options.setdefault("seed", self.seed)
+        return cls.from_dict(options, where or f"{self.method} options")
+
+    def generation_config(self):
+        from explainrec.llm.decoding import GenerationConfig
+
+        return GenerationConfig.from_dict({"seed": self.seed, **self.generation}, "generation")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), sort_keys=True))  # plain JSON types, so saved == fresh
 
 
-def _train(spec: RunSpec, dataset, run_dir: Path, echo, progress: bool) -> dict | None:
-    """Train the spec's method into ``run_dir`` unless ``model/`` is already there. Returns the train summary."""
-    summary_path = run_dir / "train_summary.json"
-    if spec.method == "zero-shot":
-        return None
-    if (run_dir / "model").exists() and summary_path.exists():
-        return json.loads(summary_path.read_text())
-    resume = (run_dir / "checkpoint").exists()
-    options = dict(spec.options)
-    options.setdefault("seed", spec.seed)
-    if spec.method == "gavamoe":
-        from explainrec.methods.gavamoe.recipe import TrainConfig, train
-
-        return train(dataset, run_dir, TrainConfig.from_dict(options), resume=resume, progress_bar=progress, echo=echo)
-    from explainrec.methods.xrec.recipe import XRecConfig, train
-
-    return train(dataset, run_dir, XRecConfig(**options), resume=resume, progress_bar=progress, echo=echo)
+# ---------------------------------------------------------------------------------------------------- stages
 
 
-def _explain(spec: RunSpec, dataset, run_dir: Path) -> dict:
-    """Write ``predictions.jsonl`` for the spec's split. Returns the generation stats."""
-    out = run_dir / "predictions.jsonl"
-    generation = {"seed": spec.seed, **spec.generation}
-    if spec.method == "zero-shot":
-        from explainrec.methods.zero_shot import recipe
-
-        stats = recipe.run(dataset, split=spec.split, out=out, limit=spec.limit,
-                           model_name=spec.options.get("model", "smollm2-135m"), **generation)
-    else:
-        if spec.method == "gavamoe":
-            from explainrec.methods.gavamoe.explain import explain_split
-        else:
-            from explainrec.methods.xrec.recipe import explain_split
-        _, stats = explain_split(run_dir, dataset, spec.split, limit=spec.limit, out=out, **generation)
-    return stats.as_dict()
+STAGE_ONLY_FOLDER = "stage"
 
 
-def stage1_settings(spec: RunSpec) -> dict | None:
-    """What GaVaMoE's stage 1 of this run depends on (data, K, seed, fit_clusters options); None without a stage 1.
+def stage_uses(spec: RunSpec) -> list:
+    """The stages a run trains: its method's upstream stages, or, for a stage-only method, itself."""
+    from explainrec.methods.base import StageUse
 
-    Two runs with equal settings train the same VAE-GMM, so one may start from a copy of the other's ``stage1/``
-    (see ``stage1_from`` in :func:`run_one`).
+    method, cfg = spec.method_entry(), spec.config()
+    return method.stages(cfg) if method.explains else [StageUse(STAGE_ONLY_FOLDER, method.name, cfg)]
+
+
+def stage_keys(spec: RunSpec) -> dict[str, tuple]:
+    """Stage folder (relative to the run folder) -> what decides that stage's result.
+
+    Two runs whose stages have equal keys train the same stage, so one may start from a copy of the other's.
     """
-    if spec.method not in ("gavamoe", "vae-gmm"):
-        return None
-    from explainrec.methods.gavamoe.recipe import TrainConfig
+    from explainrec.methods.runs import stage_key
 
-    return {"data": spec.data, "clusters": spec.options.get("clusters", TrainConfig.clusters),
-            "seed": spec.options.get("seed", spec.seed), "stage1": spec.options.get("stage1") or {}}
+    return {use.folder: stage_key(use, spec.data) for use in stage_uses(spec)}
 
 
-def _copy_stage1(source: Path, run_dir: Path, echo) -> None:
-    """Copy a finished ``stage1/`` (without its training checkpoint) into ``run_dir``, atomically."""
+def stage_folders(spec: RunSpec, run_dir: Path) -> list[Path]:
+    """Where a run's stages live (what the report reads clusters, metrics and latent plots from)."""
+    return [run_dir / folder for folder in stage_keys(spec)]
+
+
+def _copy_stage(source: Path, target: Path, echo) -> None:
+    """Copy a finished stage (without its training checkpoint) into ``target``, atomically."""
     from explainrec.io import atomic_dir
 
-    echo(f"[bench] {run_dir}: stage 1 copied from {source}")
-    with atomic_dir(run_dir / "stage1") as tmp:
+    echo(f"[bench] {target}: stage copied from {source}")
+    with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("checkpoint"), dirs_exist_ok=True)
 
 
-def _vae_gmm(spec: RunSpec, dataset, run_dir: Path, progress: bool) -> dict:
-    """Stage 1 alone: fit the VAE-GMM into ``run_dir/stage1`` (resuming its checkpoint); return done.json's content."""
-    from explainrec.methods.gavamoe.stage1 import fit_clusters
+# ---------------------------------------------------------------------------------------------------- steps
 
-    unknown = set(spec.options) - set(VAE_GMM_OPTIONS)
-    if unknown:
-        raise ValueError(f"vae-gmm: unknown option(s) {sorted(unknown)}; expected some of {VAE_GMM_OPTIONS}")
-    settings = stage1_settings(spec)
-    stage1_dir = run_dir / "stage1"
-    t0 = time.perf_counter()
-    if not (stage1_dir / "metrics.json").exists():
-        fit_clusters(dataset, settings["clusters"], stage1_dir, seed=settings["seed"], progress=progress,
-                     **settings["stage1"], resume=(stage1_dir / "checkpoint").exists())
-    metrics = json.loads((stage1_dir / "metrics.json").read_text())
-    keep = ("n_clusters", "cluster_sizes", "cluster_sizes_examples", "small_clusters", "test_auc", "test_rmse",
-            "test_mae", "agreement_with_user_types", "epochs_run", "best_epoch", "stopped_early")
-    return {
-        "metrics": {}, "std": {}, "buckets": {}, "n": 0,  # no explanations: nothing to score
-        "train_seconds": round(metrics.get("seconds_total", 0.0), 1), "train_steps": metrics.get("epochs_run"),
-        "generation": None, "stage1": {k: metrics[k] for k in keep if k in metrics},
-        "seconds_this_call": {"train": round(time.perf_counter() - t0, 1), "explain": 0.0, "evaluate": 0.0},
-    }
+
+def _train(spec: RunSpec, dataset, run_dir: Path, echo, progress: bool):
+    """Train the spec's method into ``run_dir`` unless its model is already there.
+
+    Returns ``(summary, explainer)``: the explainer holds the model just trained (None when it was trained before,
+    or for a stage-only method), so a fresh run explains without reloading it.
+    """
+    from explainrec.methods.runs import CONFIG_FILE, ensure_stage, train_run
+
+    if not spec.method_entry().explains:
+        (use,) = stage_uses(spec)
+        folder = ensure_stage(use, dataset, run_dir, resume=True, progress=progress, echo=echo)
+        return json.loads((folder / "metrics.json").read_text()), None
+    summary_path = run_dir / "train_summary.json"
+    if (run_dir / "model").exists() and summary_path.exists():
+        return json.loads(summary_path.read_text()), None
+    resume = (run_dir / CONFIG_FILE).exists()
+    trained = train_run(spec.method_entry(), dataset, run_dir, spec.config(), resume=resume, progress=progress,
+                        echo=echo)
+    if not summary_path.exists():  # zero-shot writes no summary of its own
+        atomic_write_json(summary_path, trained.summary)
+    return trained.summary, trained.explainer
+
+
+def _explain(spec: RunSpec, dataset, run_dir: Path, explainer=None) -> dict:
+    """Write ``predictions.jsonl`` for the spec's split with the run's model (``explainer`` when it is still in
+    memory, else loaded from ``model/``). Returns the generation stats."""
+    from explainrec.methods.explain import explain_split
+    from explainrec.methods.model_folder import apply_precision, load_run
+
+    if explainer is None:
+        explainer = load_run(run_dir, precision=spec.precision)
+    else:
+        explainer = apply_precision(explainer, spec.precision)
+    _, stats = explain_split(explainer, dataset, spec.split, limit=spec.limit, out=run_dir / "predictions.jsonl",
+                             generation=spec.generation_config(), progress=False)
+    return stats.as_dict()
 
 
 def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool = True, progress: bool = True,
-            echo=print, stage1_from: str | Path | None = None) -> dict:
+            echo=print, stage_sources: dict[str, Path] | None = None) -> dict:
     """Do whatever of train -> explain -> evaluate ``run_dir`` still lacks; return ``done.json``'s content.
 
-    ``stage1_from``: a finished ``stage1/`` folder of a run with equal :func:`stage1_settings`, copied in when this
-    run has no stage 1 yet (the harness passes one, so a config's GaVaMoE variants fit their VAE-GMM once).
+    ``stage_sources``: finished stage folders of other runs with equal :func:`stage_keys`, copied in (by folder
+    name) when this run has no such stage yet, so a config's runs fit each shared stage once.
     """
     from explainrec.metrics import evaluate, save_report
     from explainrec.metrics.predictions import load_predictions
@@ -155,23 +169,28 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         return json.loads(done_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, wanted)
-    if stage1_from is not None and spec.method in ("gavamoe", "vae-gmm") and not (run_dir / "stage1").exists():
-        _copy_stage1(Path(stage1_from), run_dir, echo)
+    for folder, source in (stage_sources or {}).items():
+        if not (run_dir / folder).exists():
+            _copy_stage(Path(source), run_dir / folder, echo)
     if dataset is None:
         from explainrec.data import load_dataset
 
         dataset = load_dataset(spec.data)
-    if spec.method == "vae-gmm":
-        done = _vae_gmm(spec, dataset, run_dir, progress)
-        atomic_write_json(done_path, done)
-        return done
 
     t0 = time.perf_counter()
-    summary = _train(spec, dataset, run_dir, echo, progress)
+    summary, explainer = _train(spec, dataset, run_dir, echo, progress)
     t1 = time.perf_counter()
+    if not spec.method_entry().explains:  # a stage alone: its metrics are the result
+        done = {"metrics": {}, "std": {}, "buckets": {}, "n": 0, "generation": None,
+                "train_seconds": round(summary.get("seconds_total", summary.get("train_seconds", 0.0)) or 0.0, 1),
+                "train_steps": summary.get("epochs_run", summary.get("epochs_done")), "stage": summary,
+                "seconds_this_call": {"train": round(t1 - t0, 1), "explain": 0.0, "evaluate": 0.0}}
+        atomic_write_json(done_path, done)
+        return done
     gen_path = run_dir / "generation.json"
     if not (run_dir / "predictions.jsonl").exists() or not gen_path.exists():
-        atomic_write_json(gen_path, _explain(spec, dataset, run_dir))
+        atomic_write_json(gen_path, _explain(spec, dataset, run_dir, explainer))
+    del explainer
     t2 = time.perf_counter()
     result = evaluate(load_predictions(run_dir / "predictions.jsonl"), bertscore=bertscore)
     save_report(result, run_dir / "metrics.json", title=f"{spec.method} on {spec.data} ({spec.split})")
@@ -180,8 +199,8 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         "std": result.get("std", {}),
         "buckets": result.get("buckets", {}),
         "n": result["n"],
-        "train_seconds": None if summary is None else summary.get("train_seconds"),
-        "train_steps": None if summary is None else summary.get("steps"),
+        "train_seconds": summary.get("train_seconds"),
+        "train_steps": summary.get("steps"),
         "generation": json.loads(gen_path.read_text()),
         "seconds_this_call": {"train": round(t1 - t0, 1), "explain": round(t2 - t1, 1),
                               "evaluate": round(time.perf_counter() - t2, 1)},

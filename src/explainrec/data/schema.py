@@ -78,6 +78,11 @@ class IdMap:
     def decode(self, index: int) -> str:
         return self.raw[int(index)]
 
+    def encode_all(self, raw_ids, default: int = -1) -> list[int]:
+        """Indices of many raw ids; unseen ones become ``default`` (a model's cold-start row)."""
+        get = self._index.get
+        return [get(str(r), default) for r in raw_ids]
+
     def to_list(self) -> list[str]:
         return list(self.raw)
 
@@ -99,6 +104,25 @@ class Example:
     user_profile: str | None = None
     item_profile: str | None = None
     timestamp: float | None = None
+
+
+@dataclass
+class Pair:
+    """A user-item pair to explain, by raw ids, with the text the prompt may use.
+
+    What the methods' explainers take: from a dataset (:meth:`Dataset.pair_of`, :meth:`Dataset.pair`), the
+    command line or an HTTP request. The text fields have :class:`Example`'s names, so the prompt builders read
+    either; ``explanation`` is the reference, never part of a prompt.
+    """
+
+    user: str
+    item: str
+    title: str | None = None
+    user_profile: str | None = None
+    item_profile: str | None = None
+    features: tuple[str, ...] = ()
+    rating: float | None = None
+    explanation: str = ""
 
 
 @dataclass
@@ -152,6 +176,35 @@ class Dataset:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return [e for e in self.examples if e.split == split]
+
+    def pair_of(self, example: Example) -> Pair:
+        """The :class:`Pair` of one of this dataset's examples (raw ids, the same text)."""
+        return Pair(user=self.users.decode(example.user), item=self.items.decode(example.item), title=example.title,
+                    user_profile=example.user_profile, item_profile=example.item_profile,
+                    features=tuple(example.features), rating=example.rating, explanation=example.explanation)
+
+    def pair(self, user: str, item: str) -> tuple[Pair, str]:
+        """A pair by raw ids with what this dataset knows about it, and where that came from.
+
+        The pair's own example when it has one (exactly the training prompt); otherwise the item's title and
+        profile from any example of that item and the user's profile from any example of that user. Returns
+        ``(pair, source)`` with ``source`` one of ``example``, ``profiles``, ``unknown``.
+        """
+        u = self.users.encode(user, default=-1)
+        i = self.items.encode(item, default=-1)
+        if u >= 0 and i >= 0:
+            for e in self.examples:
+                if e.user == u and e.item == i:
+                    return self.pair_of(e), "example"
+        item_ex = next((e for e in self.examples if e.item == i), None) if i >= 0 else None
+        user_ex = next((e for e in self.examples if e.user == u and e.user_profile), None) if u >= 0 else None
+        pair = Pair(user=str(user), item=str(item),
+                    title=item_ex.title if item_ex else None,
+                    item_profile=item_ex.item_profile if item_ex else None,
+                    features=tuple(item_ex.features) if item_ex else (),
+                    user_profile=user_ex.user_profile if user_ex else None)
+        known = item_ex is not None or user_ex is not None
+        return pair, "profiles" if known else "unknown"
 
     def save_id_maps(self, path: str | Path) -> None:
         """Write the id maps as JSON (atomic), so that a model can map raw ids later."""

@@ -10,10 +10,12 @@ A checkpoint is a folder, written through :func:`explainrec.io.atomic_dir` so th
     extra.safetensors        recipe-specific tensors (e.g. the best weights so far)
     state.json               recipe counters: epoch, step, best loss, history ...
     config.json              the run's configuration, compared on resume
-    COMPLETE                 completion marker listing the files above
+    COMPLETE                 completion marker listing the files above with their SHA-256
 
 Nothing is unpickled on load (``torch.load`` is never called), so a checkpoint from an untrusted source
-can only fail, not execute code. Every failure raises :class:`CheckpointError` naming the file at fault.
+can only fail, not execute code. Every failure raises :class:`CheckpointError` naming the file at fault; the
+checksums in ``COMPLETE`` catch files whose bytes changed after the save (a resume would otherwise continue
+from garbage, e.g. NaN weights).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from explainrec.data.schema import DataError
-from explainrec.io import atomic_dir
+from explainrec.io import atomic_dir, recover_dir, sha256_file
 from explainrec.train.loop_utils import rng_restore, rng_snapshot
 
 FORMAT_VERSION = 1
@@ -92,7 +94,8 @@ def save_checkpoint(
             _write_json(tmp / CONFIG_FILE, dict(config))
             files.append(CONFIG_FILE)
         # The marker goes last: a folder without it was never finished.
-        _write_json(tmp / MARKER_FILE, {"format": FORMAT_VERSION, "files": files})
+        _write_json(tmp / MARKER_FILE, {"format": FORMAT_VERSION, "files": files,
+                                        "sha256": {name: sha256_file(tmp / name) for name in files}})
     return path
 
 
@@ -162,7 +165,13 @@ def read_checkpoint_config(path: str | Path) -> dict:
 
 def is_complete(path: str | Path) -> bool:
     """True when ``path`` is a checkpoint folder with its completion marker."""
-    return (Path(path) / MARKER_FILE).is_file()
+    return (recover_dir(path) / MARKER_FILE).is_file()
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    """True when anything stands at ``path`` (complete or not): a resume must load it or say why it cannot,
+    never silently start again and overwrite it."""
+    return recover_dir(path).exists()
 
 
 def check_config(path: str | Path, expected: Mapping[str, Any], *, ignore_keys: Iterable[str] = ()) -> None:
@@ -182,18 +191,25 @@ def check_config(path: str | Path, expected: Mapping[str, Any], *, ignore_keys: 
 
 
 def _check_complete(path: Path) -> list[str]:
+    recover_dir(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no checkpoint folder")
     marker = path / MARKER_FILE
     if not marker.is_file():
-        raise CheckpointError(f"{marker}: missing completion marker (checkpoint incomplete or not a checkpoint)")
+        raise CheckpointError(f"{marker}: missing completion marker: the checkpoint is incomplete or not a "
+                              f"checkpoint; it was left as it is -- move it away to start the run again")
     meta = _read_json(marker)
     if meta.get("format") != FORMAT_VERSION or not isinstance(meta.get("files"), list):
         raise CheckpointError(f"{marker}: unsupported checkpoint format {meta.get('format')!r}")
     for name in meta["files"]:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: file listed in {MARKER_FILE} is missing")
+    for name, digest in (meta.get("sha256") or {}).items():
+        if sha256_file(path / name) != digest:
+            raise CheckpointError(f"{path / name}: contents changed since the checkpoint was written (checksum "
+                                  "mismatch); the checkpoint is damaged -- restore it or start the run again")
     return meta["files"]
+
 
 
 def _read_tensors(file: Path) -> dict[str, torch.Tensor]:

@@ -16,11 +16,15 @@ from typing import Callable, Protocol
 import torch
 
 from explainrec.io import atomic_write_jsonl
-from explainrec.train.checkpoint import is_complete, load_checkpoint, save_checkpoint
+from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from explainrec.train.loop_utils import progress
 
 # Settings that may change between a run and its resume (a budget, not the run's identity).
 RESUMABLE_KEYS = ("max_minutes", "max_steps", "epochs")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what was kept and what to change."""
 
 
 class LoopSettings(Protocol):
@@ -40,12 +44,31 @@ class LoopSettings(Protocol):
     def to_dict(self) -> dict: ...
 
 
+def _on_cpu() -> bool:
+    """Processes without a GPU run data-parallel on the CPU (gloo) when launched several at once."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
+def process_state():
+    """This process's place in a launch (``is_main_process``, ``wait_for_everyone``), before any Accelerator.
+
+    Why not a bare ``PartialState()``: created first, it would fix the launch as one process on a CPU-only machine
+    (accelerate only picks gloo when told the run is on the CPU), and every later Accelerator would inherit that.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=_on_cpu())
+
+
 def make_accelerator(grad_accum: int):
     """bf16 on a GPU that supports it, float32 otherwise (CPUs are ~100x slower in bf16)."""
     from accelerate import Accelerator
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if bf16 else "no")
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision="bf16" if bf16 else "no",
+                       cpu=_on_cpu())
 
 
 def run_loop(
@@ -79,9 +102,9 @@ def run_loop(
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "seconds": 0.0, "budget_hit": False, "history": [], "valid": []}
     ckpt_dir = out / "checkpoint"
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    if resume and is_complete(ckpt_dir):
+    if resume and checkpoint_exists(ckpt_dir):  # an incomplete or damaged one raises CheckpointError
         state = load_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, expected_config=cfg.to_dict(),
-                                ignore_config_keys=RESUMABLE_KEYS, generators={"extra": gen})
+                                ignore_config_keys=getattr(cfg, "RESUMABLE", RESUMABLE_KEYS), generators={"extra": gen})
         state["budget_hit"] = False
         echo(f"[{tag}] resumed from {ckpt_dir}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}")
 
@@ -102,6 +125,7 @@ def run_loop(
             inputs = {**batch, **(extra(batch, gen) if extra else {})}
             with acc.accumulate(model):
                 out_ = model(**inputs)
+                _check_finite(out_.loss, state, cfg, acc, ckpt_dir, tag)
                 acc.backward(out_.loss)
                 if acc.sync_gradients and cfg.clip > 0:
                     acc.clip_grad_norm_(params, cfg.clip)
@@ -141,6 +165,18 @@ def run_loop(
     if acc.is_main_process:
         write_log_and_plot(out, state, title=tag)
     return raw, state
+
+
+def _check_finite(loss: torch.Tensor, state: dict, cfg, acc, ckpt_dir: Path, tag: str) -> None:
+    """Stop before a NaN/inf loss reaches the weights; the checkpoint on disk is the last good one."""
+    bad = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=acc.device)
+    if acc.num_processes > 1:  # every process must stop at the same step
+        bad = acc.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        kept = f"the last good checkpoint is kept in {ckpt_dir}" if checkpoint_exists(ckpt_dir) else "no checkpoint was written yet"
+        raise TrainingError(f"[{tag}] the loss became {loss.detach().float().item()} at step {state['step'] + 1} "
+                            f"(epoch {state['epoch'] + 1}); training stopped and {kept}. Lower the learning rate "
+                            f"(now {cfg.lr:g}) or the clipping norm and start again, or check the data.")
 
 
 @torch.no_grad()

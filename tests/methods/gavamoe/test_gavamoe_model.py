@@ -5,11 +5,14 @@ import pytest
 import torch
 
 from explainrec.data import make_synthetic
-from explainrec.data.collate import IGNORE_INDEX
-from explainrec.llm.load import load_llm
-from explainrec.methods.gavamoe.modeling import MoEConfig
-from explainrec.methods.gavamoe.recipe import TrainConfig, build_model, encode_examples, make_collate, select_trainable
+from explainrec.data.collate import IGNORE_INDEX, encode_examples, make_collate
+from explainrec.llm.decoding import GenerationConfig
+from explainrec.methods.gavamoe.config import GaVaMoEConfig, MoEConfig
+from explainrec.methods.gavamoe.explainer import gavamoe_explainer
+from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+from explainrec.methods.gavamoe.recipe import build_model, select_trainable
 from explainrec.methods.gavamoe.vae_gmm import VaeGmm
+from explainrec.methods.llm_method import load_llm_for_training
 
 K = 3
 
@@ -19,18 +22,27 @@ def data():
     return make_synthetic(n_users=40, n_items=30, n_types=K, seed=3)
 
 
-def _model(data, variant="full", seed=0):
+def _model(data, variant="full", seed=0, **moe):
     torch.manual_seed(seed)
-    llm, tok = load_llm("tiny")
+    llm, tok, ids = load_llm_for_training("tiny")
     vae = VaeGmm(data.n_users, data.n_items, n_clusters=K, embed_dim=16, latent_dim=8)
-    cfg = TrainConfig(model="tiny", clusters=K, moe=MoEConfig(variant=variant, n_experts=4, top_k=2, granularity=2))
-    model, tok, _ = build_model(cfg, data, vae, llm=llm, tokenizer=tok)
+    cfg = GaVaMoEConfig(model="tiny", clusters=K,
+                        moe=MoEConfig(variant=variant, **{"n_experts": 4, "top_k": 2, "granularity": 2, **moe}))
+    model, _ = build_model(cfg, vae, llm, tok, ids)
     return model.eval(), tok, cfg
 
 
 def _batch(data, tok, cfg, n=4):
-    rows = encode_examples(data.split_examples("train")[:n], tok, cfg)
+    rows = encode_examples(data.split_examples("train")[:n], tok, gavamoe_prompt)
     return make_collate(tok.pad_token_id)(rows)
+
+
+def _explainer(model, tok, data):
+    return gavamoe_explainer(model, tok, data.users, data.items, method="gavamoe", info={})
+
+
+def _pairs(data, n, split="test"):
+    return [data.pair_of(e) for e in data.split_examples(split)[:n]]
 
 
 def test_loss_parts_and_gradients(data):
@@ -74,16 +86,35 @@ def test_soft_tokens_reach_the_model(data):
 
 
 def test_each_sample_routed_by_its_own_cluster(data):
-    model, tok, cfg = _model(data)
+    """In a batch of mixed clusters every sample's output equals its output alone through its own gate, and
+    differs from what another gate gives (so a model routing every sample through gate 0 fails)."""
+    from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
+    from explainrec.methods.gavamoe.routing import routing
+
+    model, tok, cfg = _model(data, paired_router=False)
+    with torch.no_grad():  # gates that disagree strongly, so a wrong gate changes the output
+        for m in model.modules():
+            if isinstance(m, MultiGatedMoE):
+                m.router.weight.normal_(0.0, 2.0)
     batch = _batch(data, tok, cfg, n=4)
-    clusters = model.clusters(batch["user"], batch["item"])
-    assert clusters.shape == (4,) and clusters.min() >= 0 and clusters.max() < K
-    torch.testing.assert_close(clusters, model.clusters(batch["user"], batch["item"]))  # deterministic
-    with torch.no_grad():
-        full = model(**batch).parts["nll"]
-        perm = torch.tensor([2, 0, 3, 1])
-        shuffled = model(**{k: v[perm] for k, v in batch.items()}).parts["nll"]
-    torch.testing.assert_close(full, shuffled, rtol=1e-4, atol=1e-5)
+    assert torch.equal(model.clusters(batch["user"], batch["item"]),
+                       model.clusters(batch["user"], batch["item"]))  # deterministic
+    clusters = torch.tensor([0, 1, 2, 1])
+    emb = model.embed(batch["input_ids"], batch["user"], batch["item"]).detach()
+    mask = batch["attention_mask"]
+
+    def logits(rows, gates):
+        with torch.no_grad(), routing(gates):
+            return model.llm(inputs_embeds=emb[rows], attention_mask=mask[rows]).logits
+
+    mixed = logits(slice(None), clusters)
+    for i in range(4):
+        valid = mask[i].bool()
+        alone = logits(slice(i, i + 1), clusters[i:i + 1])[0]
+        torch.testing.assert_close(mixed[i][valid], alone[valid], rtol=1e-4, atol=1e-4)
+        if clusters[i] != 0:
+            wrong = logits(slice(i, i + 1), torch.zeros(1, dtype=torch.long))[0]
+            assert not torch.allclose(mixed[i][valid], wrong[valid], atol=1e-3), f"sample {i} ignores its gate"
 
 
 @pytest.mark.parametrize("variant", ["single-gate", "coarse", "base"])
@@ -95,9 +126,18 @@ def test_ablation_variants_run(data, variant):
         assert "load_balance" not in out.parts
 
 
+def _save_load(model, tok, cfg, data, path):
+    from explainrec.methods.gavamoe.persist import load_gavamoe, save_gavamoe
+    from explainrec.methods.llm_method import load_tokenizer
+    from explainrec.methods.model_folder import open_model_folder
+
+    save_gavamoe(model, tok, path, cfg, data, method="gavamoe")
+    folder, manifest = open_model_folder(path)
+    return load_gavamoe(folder, manifest), load_tokenizer(folder)
+
+
 def test_router_paired_by_default_only_where_experts_doubly_cover_the_ffn(data, tmp_path):
     from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
-    from explainrec.methods.gavamoe.persist import load, save_pretrained
 
     def paired(**kw):
         return MoEConfig(**kw).surgery_kwargs(K).get("paired_router", False)
@@ -113,14 +153,9 @@ def test_router_paired_by_default_only_where_experts_doubly_cover_the_ffn(data, 
     model, tok, cfg = _model(data)
     assert all(r.paired and r.weight.shape[1] == 2 for r in routers(model))  # rows for experts 0, 1 of 4
     # a free-router model (the default before the paired router) saves and loads back as free
-    torch.manual_seed(0)
-    llm, tok = load_llm("tiny")
-    vae = VaeGmm(data.n_users, data.n_items, n_clusters=K, embed_dim=16, latent_dim=8)
-    cfg = TrainConfig(model="tiny", clusters=K, moe=MoEConfig(n_experts=4, top_k=2, granularity=2, paired_router=False))
-    free, tok, _ = build_model(cfg, data, vae, llm=llm, tokenizer=tok)
+    free, tok, cfg = _model(data, paired_router=False)
     assert all(not r.paired and r.weight.shape[1] == 4 for r in routers(free))
-    save_pretrained(free.eval(), tok, tmp_path / "m", config=cfg.to_dict(), dataset=data)
-    loaded = load(tmp_path / "m")[0]
+    loaded, _ = _save_load(free, tok, cfg, data, tmp_path / "m")
     assert all(not r.paired for r in routers(loaded))
     batch = _batch(data, tok, cfg, n=2)
     with torch.no_grad():
@@ -128,46 +163,38 @@ def test_router_paired_by_default_only_where_experts_doubly_cover_the_ffn(data, 
 
 
 def test_save_load_same_outputs(data, tmp_path):
-    from explainrec.methods.gavamoe.explain import explain_pairs
-    from explainrec.methods.gavamoe.persist import load, save_pretrained
-
     model, tok, cfg = _model(data)
-    save_pretrained(model, tok, tmp_path / "m", config=cfg.to_dict(), dataset=data)
-    loaded, tok2, users, items, meta = load(tmp_path / "m")
+    loaded, tok2 = _save_load(model, tok, cfg, data, tmp_path / "m")
     batch = _batch(data, tok, cfg, n=3)
     with torch.no_grad():
         a, b = model(**batch), loaded(**batch)
-    torch.testing.assert_close(a.loss, b.loss)
-    exs = data.split_examples("test")[:3]
-    raw_u = [data.users.decode(e.user) for e in exs]
-    raw_i = [data.items.decode(e.item) for e in exs]
-    kw = dict(max_new_tokens=8, progress=False, batch_size=2)
-    r1 = explain_pairs(model, tok, exs, raw_u, raw_i, data.users, data.items, **kw)
-    r2 = explain_pairs(loaded, tok2, exs, raw_u, raw_i, users, items, **kw)
+    assert torch.equal(a.loss, b.loss)
+    gen = GenerationConfig(max_new_tokens=8, batch_size=2)
+    r1 = _explainer(model, tok, data).explain(_pairs(data, 3), gen)
+    r2 = _explainer(loaded, tok2, data).explain(_pairs(data, 3), gen)
     assert [r["prediction"] for r in r1] == [r["prediction"] for r in r2]
     assert all(0 <= r["cluster"] < K and len(r["top_experts"]) > 0 for r in r1)
 
 
 def test_cached_generation_equals_uncached_and_batch_one(data):
-    from explainrec.methods.gavamoe.explain import explain_pairs
+    from explainrec.data.prompts import render_prompt
+    from explainrec.llm.generate import generate_texts
 
     model, tok, cfg = _model(data)
-    exs = data.split_examples("test")[:4]
-    raw_u = [data.users.decode(e.user) for e in exs]
-    raw_i = [data.items.decode(e.item) for e in exs]
-    kw = dict(max_new_tokens=6, progress=False)
-    cached = explain_pairs(model, tok, exs, raw_u, raw_i, data.users, data.items, batch_size=4, **kw)
-    uncached = explain_pairs(model, tok, exs, raw_u, raw_i, data.users, data.items, batch_size=4, use_cache=False, **kw)
-    single = explain_pairs(model, tok, exs, raw_u, raw_i, data.users, data.items, batch_size=1, **kw)
-    texts = [r["prediction"] for r in cached]
-    assert texts == [r["prediction"] for r in uncached] == [r["prediction"] for r in single]
+    explainer, pairs = _explainer(model, tok, data), _pairs(data, 4)
+    cached = [r["prediction"] for r in explainer.explain(pairs, GenerationConfig(max_new_tokens=6, batch_size=4))]
+    single = [r["prediction"] for r in explainer.explain(pairs, GenerationConfig(max_new_tokens=6, batch_size=1))]
+    prep = explainer.prepare(pairs)
+    uncached = generate_texts(model.llm, tok, [render_prompt(tok, gavamoe_prompt(p)) for p in pairs], batch_size=4,
+                              max_new_tokens=6, progress=False, embed_fn=prep.embed_fn,
+                              batch_context=prep.batch_context, use_cache=False)
+    assert cached == uncached == single
 
 
 def test_unseen_user_is_cold_start(data):
-    from explainrec.methods.gavamoe.explain import explain_pairs
+    from explainrec.data.schema import Pair
 
     model, tok, cfg = _model(data)
-    ex = data.split_examples("test")[0]
-    rows = explain_pairs(model, tok, [ex], ["never-seen-user"], [data.items.decode(ex.item)], data.users, data.items,
-                         max_new_tokens=4, progress=False)
+    pair = Pair(user="never-seen-user", item=data.items.decode(data.split_examples("test")[0].item))
+    rows = _explainer(model, tok, data).explain([pair], GenerationConfig(max_new_tokens=4))
     assert rows[0]["cold_start"] is True and 0 <= rows[0]["cluster"] < K

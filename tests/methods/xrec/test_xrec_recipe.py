@@ -1,26 +1,31 @@
-"""The XRec recipe end to end on the tiny LLaMA: LightGCN -> adaptors -> saved model -> explanations."""
+"""The XRec run folder on the tiny LLaMA: the frozen LLM is rebuilt from its name, LoRA weights are kept."""
 from __future__ import annotations
 
+from safetensors.torch import load_file
+
 from explainrec.data import make_synthetic
-from explainrec.methods.xrec.recipe import XRecConfig, explain_split, load, train
+from explainrec.llm.decoding import GenerationConfig
+from explainrec.methods import registry
+from explainrec.methods.model_folder import load_run
+from explainrec.methods.runs import train_run
+
+QUIET = dict(progress=False, echo=lambda *_: None)
 
 
-def test_train_save_load_explain(tmp_path):
+def test_frozen_llm_is_not_saved_and_lora_is(tmp_path):
     data = make_synthetic(n_users=30, n_items=25, n_types=2, seed=7)
-    cfg = XRecConfig(model="tiny", lightgcn={"epochs": 2, "dim": 16}, max_steps=3, batch_size=4, log_every=1)
-    summary = train(data, tmp_path / "run", cfg, progress_bar=False, echo=lambda *_: None)
-    assert summary["steps"] == 3 and "recall@20" in {k.lower() for k in summary["lightgcn"]}
-    for name in ("lightgcn/lightgcn.json", "model/model.safetensors", "model/xrec.json", "model/id_maps.json",
-                 "loss_curves.png", "checkpoint/COMPLETE"):
+    xrec = registry.get("xrec")
+    trained = train_run(xrec, data, tmp_path / "run", xrec.make_config("tiny"), **QUIET)
+    assert "recall@20" in trained.summary["lightgcn"]
+    for name in ("lightgcn/model/embeddings.safetensors", "lightgcn/metrics.json", "model/model.safetensors",
+                 "model/explainrec.json", "model/id_maps.json", "loss_curves.png", "checkpoint/COMPLETE"):
         assert (tmp_path / "run" / name).exists(), name
-    from safetensors.torch import load_file
-
     stored = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert stored and not any(k.startswith("llm.") for k in stored)  # frozen LLM: rebuilt from its name
-    model, tok, users, items, _ = load(tmp_path / "run")
-    assert len(users) == data.n_users
-    rows, stats = explain_split(tmp_path / "run", data, "test", limit=4, max_new_tokens=5, progress=False)
-    again, _ = explain_split(tmp_path / "run", data, "test", limit=4, max_new_tokens=5, progress=False)
-    assert len(rows) == 4 and stats.explanations == 4
-    assert [r["prediction"] for r in rows] == [r["prediction"] for r in again]
-    assert {"bucket", "cold_start", "method"} <= set(rows[0])
+
+    lora = train_run(xrec, data, tmp_path / "lora", xrec.make_config("tiny", ["lora.r=4"]), **QUIET)
+    stored = load_file(str(tmp_path / "lora" / "model" / "model.safetensors"))
+    assert any(k.startswith("llm.") for k in stored) and not any("lora_" in k for k in stored)  # merged
+    pairs = [data.pair_of(e) for e in data.split_examples("test")[:3]]
+    gen = GenerationConfig(max_new_tokens=5)
+    assert lora.explainer.explain(pairs, gen) == load_run(tmp_path / "lora").explain(pairs, gen)

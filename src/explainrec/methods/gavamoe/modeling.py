@@ -22,54 +22,6 @@ from explainrec.llm.soft_tokens import ITEM_TOKEN, USER_TOKEN, add_placeholder_t
 from explainrec.methods.gavamoe.routing import routing
 from explainrec.methods.gavamoe.vae_gmm import VaeGmm
 
-VARIANTS = ("full", "single-gate", "coarse", "base")
-
-
-@dataclass
-class MoEConfig:
-    """Surgery settings. Default for SmolLM2-135M: 8 experts of 1536/4 = 384 neurons, 4 active per token.
-
-    Why top-4 and not the paper's top-2: with 8 upcycled experts of a quarter FFN each, 4 active experts run the same
-    compute as the dense FFN and keep far more of the pretrained model at step one (explanation NLL at init on 32
-    amazon test pairs: dense 3.74, top-4 3.75 with the mirrored router init of ``MultiGatedMoE.from_dense``
-    (7.33 without it), top-2 13.97, random experts 25.7; `benchmarks/bench_moe_layer.py
-    --upcycle-nll`). The paper's 8B setting is ``n_experts=12, top_k=2`` with 1280-neuron experts.
-
-    ``paired_router`` (on by default) ties the router rows of each doubly covered expert pair (``j`` and
-    ``j + E/2``) for good, so that every token keeps one copy of each neuron group however far training moves the
-    gates. It applies to upcycled layouts where every neuron sits in exactly two experts and ``top_k = E/2`` (the
-    default 8 x 384 top-4 and the coarse 2 x 1536 top-1); other layouts keep free routers. Why on: with free
-    (mirrored-init) routers the pairs drift apart and up to 18% of routings drop a quarter of the FFN; on XRec's
-    data the paired router's validation NLL stays within 0.03 nats of the dense model's (free: 0.15 above) and
-    its test scores are higher than the free router's (docs/results.md).
-    """
-
-    variant: str = "full"
-    n_experts: int = 8
-    top_k: int = 4
-    granularity: int = 4
-    init: str = "upcycle"
-    load_balance_coef: float = 0.01
-    router_z_coef: float = 0.001
-    paired_router: bool = True  # tie the router rows of each doubly covered expert pair (see above)
-
-    def surgery_kwargs(self, n_clusters: int) -> dict | None:
-        """Arguments of :func:`explainrec.llm.surgery.moe_upcycle`, or None for the dense ``base`` variant."""
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
-        if self.variant == "base":
-            return None
-        if self.variant == "coarse":  # same total parameters as the default, full-size experts
-            kwargs = dict(n_clusters=n_clusters, n_experts=2, top_k=1, granularity=1, init=self.init)
-        else:
-            gates = 1 if self.variant == "single-gate" else n_clusters
-            kwargs = dict(n_clusters=gates, n_experts=self.n_experts, top_k=self.top_k,
-                          granularity=self.granularity, init=self.init)
-        doubly_covered = kwargs["n_experts"] == 2 * kwargs["granularity"] == 2 * kwargs["top_k"]
-        if self.paired_router and self.init == "upcycle" and doubly_covered:
-            kwargs["paired_router"] = True  # absent otherwise: models saved before the option load unchanged
-        return kwargs
-
 
 @dataclass
 class GaVaMoEOutput:

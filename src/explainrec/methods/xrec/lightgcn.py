@@ -18,7 +18,6 @@ batch, train items masked), so no Python loop runs per user.
 """
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,10 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainrec.data.schema import DataError, Dataset, IdMap
+from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "embeddings.safetensors"
-META_FILE = "lightgcn.json"
 
 
 # ---------------------------------------------------------------------------------------------------- graph
@@ -280,65 +277,25 @@ class LightGCNResult:
     users: IdMap | None = None
     items: IdMap | None = None
 
-    def save(self, path: str | Path) -> Path:
-        """Write a folder (atomically): ``embeddings.safetensors`` + ``lightgcn.json`` (config, metrics, id maps)."""
-        from safetensors.torch import save_file
-
-        from explainrec.io import atomic_dir, atomic_write_json
-
-        tensors = {"user_emb": self.user_emb, "item_emb": self.item_emb}
+    def tensors(self) -> dict[str, Tensor]:
+        """What the model folder stores (safetensors: no pickle)."""
+        out = {"user_emb": self.user_emb, "item_emb": self.item_emb}
         if self.user_known is not None:
-            tensors["user_known"] = self.user_known.to(torch.uint8)
+            out["user_known"] = self.user_known.to(torch.uint8)
         if self.item_known is not None:
-            tensors["item_known"] = self.item_known.to(torch.uint8)
-        meta = {
-            "format": FORMAT_VERSION,
-            "n_users": int(self.user_emb.shape[0]),
-            "n_items": int(self.item_emb.shape[0]),
-            "dim": int(self.user_emb.shape[1]),
-            "config": self.config,
-            "metrics": self.metrics,
-            "history": self.history,
-            "users": self.users.raw if self.users is not None else None,
-            "items": self.items.raw if self.items is not None else None,
-        }
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
-            atomic_write_json(tmp / META_FILE, meta)
-        return path
+            out["item_known"] = self.item_known.to(torch.uint8)
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     @classmethod
-    def load(cls, path: str | Path) -> "LightGCNResult":
-        """Read a folder written by :meth:`save`; a missing or inconsistent file raises :class:`DataError`."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        meta_file, weights_file = path / META_FILE, path / WEIGHTS_FILE
-        try:
-            meta = json.loads(meta_file.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{meta_file}: not found -- not a LightGCN folder (write one with LightGCNResult.save)") from None
-        except json.JSONDecodeError as err:
-            raise DataError(f"{meta_file}: not valid JSON ({err})") from err
-        try:
-            tensors = load_file(str(weights_file))
-        except (FileNotFoundError, SafetensorError, OSError) as err:
-            raise DataError(f"{weights_file}: unreadable ({err})") from err
-        for name, rows in (("user_emb", "n_users"), ("item_emb", "n_items")):
+    def from_tensors(cls, tensors: dict[str, Tensor], where: str, **fields) -> "LightGCNResult":
+        for name in ("user_emb", "item_emb"):
             t = tensors.get(name)
-            if t is None or t.dim() != 2 or t.shape[0] != meta.get(rows) or t.shape[1] != meta.get("dim"):
-                raise DataError(f"{weights_file}: tensor '{name}' is missing or does not match {META_FILE} "
-                                f"({rows}={meta.get(rows)}, dim={meta.get('dim')})")
+            if t is None or t.dim() != 2:
+                raise DataError(f"{where}: tensor '{name}' is missing or not 2-d")
+        if tensors["user_emb"].shape[1] != tensors["item_emb"].shape[1]:
+            raise DataError(f"{where}: user and item embeddings differ in width")
         known = {k: tensors[k].bool() if k in tensors else None for k in ("user_known", "item_known")}
-        return cls(
-            user_emb=tensors["user_emb"].float(), item_emb=tensors["item_emb"].float(),
-            metrics=meta.get("metrics", {}), history=meta.get("history", []), config=meta.get("config", {}),
-            user_known=known["user_known"], item_known=known["item_known"],
-            users=IdMap(meta["users"]) if meta.get("users") is not None else None,
-            items=IdMap(meta["items"]) if meta.get("items") is not None else None,
-        )
+        return cls(user_emb=tensors["user_emb"].float(), item_emb=tensors["item_emb"].float(), **known, **fields)
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -360,6 +317,8 @@ def train_lightgcn(
     max_seconds: float | None = None,
     device: str | torch.device | None = "cpu",
     echo: Callable[[str], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> LightGCNResult:
     """Train LightGCN with BPR on ``dataset``'s train interactions; evaluate Recall/NDCG@``eval_k`` on test.
 
@@ -368,6 +327,8 @@ def train_lightgcn(
     once in a seeded random order. ``eval_every`` > 0 also records validation Recall/NDCG every that many epochs
     in ``history`` (no model selection: the last epoch is returned). ``max_seconds`` stops early (after the
     current epoch) once the wall-clock budget is spent. ``device`` is where the graph and embeddings live.
+    ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` training continues from it exactly
+    (same weights, optimizer state, sampling RNG and history as an uninterrupted run).
 
     Defaults are tuned for CPU: a large batch (each step propagates the whole graph, so fewer steps per epoch
     means a faster epoch) with a larger step than LightGCN's paper (batch 2048, lr 1e-3). On the google graph
@@ -394,11 +355,18 @@ def train_lightgcn(
     config = dict(dim=dim, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, reg=reg, seed=seed,
                   eval_k=eval_k, n_train_edges=int(n_edges))
     history: list[dict] = []
-    start = time.perf_counter()
+    first = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt is not None and checkpoint_exists(ckpt):
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, expected_config=config,
+                                ignore_config_keys=("epochs",), generators={"data": gen}, restore_rng=False)
+        history, first = state["history"], state["epoch"]
+        say(f"[lightgcn] resumed from {ckpt} after epoch {first}")
+    start = time.perf_counter() - sum(h["seconds"] for h in history)
 
     from explainrec.train.loop_utils import progress as bar
 
-    for epoch in bar(range(epochs), enabled=progress, desc="lightgcn", total=epochs):
+    for epoch in bar(range(first, epochs), enabled=progress, desc="lightgcn", total=epochs - first):
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(n_edges, generator=gen)
@@ -422,6 +390,9 @@ def train_lightgcn(
         if eval_every > 0 and (epoch + 1) % eval_every == 0:
             row.update({f"valid_{k}": v for k, v in _evaluate(model, adj, dataset, (tr_u, tr_i), "valid", eval_k).items()})
         history.append(row)
+        if ckpt is not None:
+            save_checkpoint(ckpt, model=model, optimizer=optimizer, state={"epoch": epoch + 1, "history": history},
+                            config=config, generators={"data": gen})
         say(f"[lightgcn] epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} bpr {row['bpr']:.4f} ({seconds:.1f}s)"
             + "".join(f" {k} {v:.4f}" for k, v in row.items() if k.startswith("valid_") and isinstance(v, float)))
         if max_seconds is not None and time.perf_counter() - start > max_seconds:

@@ -1,4 +1,2 @@
-"""Zero-shot baseline: the instruction-tuned LLM explains each pair from the prompt alone, with no training."""
-from explainrec.methods.zero_shot.recipe import METHOD, explain, run
-
-__all__ = ["METHOD", "explain", "run"]
+"""Zero-shot explanations from the untrained LLM: the floor every trained method must beat (registry entry
+``zero-shot``, in :mod:`.method`)."""

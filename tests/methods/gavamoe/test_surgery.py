@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from explainrec.llm.surgery import SurgeryReport, decoder_layers, moe_upcycle, replace_mlps
+from explainrec.llm.surgery import SurgeryReport, decoder_layers, replace_mlps
+from explainrec.methods.gavamoe.surgery import moe_upcycle
 from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
 from explainrec.methods.gavamoe.routing import routing
 

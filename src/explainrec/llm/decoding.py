@@ -1,0 +1,34 @@
+"""Decoding settings shared by every method's explanations (CLI options, bench configs, server requests)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from explainrec.config import Config, option
+
+
+@dataclass
+class GenerationConfig(Config):
+    """How explanations are decoded. Greedy by default: deterministic, and what the papers report."""
+
+    batch_size: int = option(8, "prompts generated together (left-padded, KV-cached)", min=1)
+    max_new_tokens: int = option(60, "longest explanation, in tokens", min=1, max=4096)
+    min_new_tokens: int = option(0, "shortest explanation (eos suppressed until then; 0 = off; for timing)", min=0)
+    do_sample: bool = option(False, "sample (nucleus) instead of greedy decoding")
+    temperature: float = option(1.0, "sampling temperature (with do_sample)", above=0.0, max=100.0)
+    top_p: float = option(1.0, "nucleus sampling mass (with do_sample)", above=0.0, max=1.0)
+    num_beams: int = option(1, "beam search width (1 = no beam search)", min=1, max=64)
+    repetition_penalty: float = option(1.0, "penalty on tokens already generated (1 = none)", above=0.0, max=10.0)
+    no_repeat_ngram_size: int = option(0, "forbid repeating any n-gram of this size (0 = off)", min=0, max=32)
+    seed: int = option(0, "random seed for sampling")
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of :func:`explainrec.llm.generate.generate_texts`; neutral settings left out."""
+        out = dict(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                   temperature=self.temperature, top_p=self.top_p, num_beams=self.num_beams, seed=self.seed)
+        if self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.min_new_tokens:
+            out["min_new_tokens"] = self.min_new_tokens
+        return out

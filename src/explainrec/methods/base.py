@@ -1,0 +1,169 @@
+"""The method contract: what every method (and every reusable upstream stage) provides, described once.
+
+A method is one folder under ``explainrec/methods/`` and one entry in :mod:`explainrec.methods.registry`. The CLI,
+the bench harness, the demo and the server only ever look a method up by name there and call these members:
+
+    name, description      what ``explainrec methods`` prints
+    config_class           a :class:`explainrec.config.Config` dataclass (defaults, limits, help per key)
+    presets                YAML files shipped beside the method (``configs/<preset>.yaml``): tiny, cpu, paper
+    stages(config)         upstream stages trained first into sub-folders and shareable between runs
+    train(...)             fit on a dataset's train split into a run folder (resumable), write ``model/``;
+                           returns a :class:`Trained` (summary + an explainer on the in-memory model)
+    load(...)              open ``model/`` and return an :class:`Explainer` holding the loaded model
+
+A stage-only entry (GaVaMoE's VAE-GMM, XRec's LightGCN) has ``explains = False``: it trains and saves, and the
+methods that build on it name it in :meth:`Method.stages`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from explainrec.config import Config, ConfigError, merge_dicts, read_config_file
+
+
+@dataclass(frozen=True)
+class StageUse:
+    """An upstream stage of a run: trained by registry entry ``method`` with ``config`` into ``RUN/<folder>``.
+
+    Two runs whose stages have the same method, config and data may share the stage's folder (the bench copies it).
+    """
+
+    folder: str
+    method: str
+    config: Config
+
+
+@dataclass
+class Trained:
+    """What training returns: the JSON-able summary (also in ``RUN/train_summary.json``) and, for methods that
+    explain, an :class:`Explainer` on the model still in memory (the same weights ``model/`` holds)."""
+
+    summary: dict
+    explainer: "Explainer | None" = None
+
+
+class Method:
+    """Base of every registry entry; subclasses set the class attributes and implement train/load."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_class: ClassVar[type[Config]]
+    explains: ClassVar[bool] = True  # False: a stage-only entry (no explanations)
+    trains: ClassVar[bool] = True  # False: usable without a run folder (zero-shot)
+    preset_folder: ClassVar[str] = "configs"  # beside the entry's module
+
+    # ------------------------------------------------------------------ config
+
+    @classmethod
+    def presets_dir(cls) -> Path:
+        import importlib
+
+        module = importlib.import_module(cls.__module__)
+        return Path(module.__file__).resolve().parent / cls.preset_folder
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        folder = cls.presets_dir()
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+    @classmethod
+    def make_config(cls, preset: str | Path | None = None, overrides: list[str] | dict | None = None,
+                    where: str | None = None) -> Config:
+        """The config from a preset name or YAML file, then ``key=value`` overrides; validated."""
+        data: dict = {}
+        label = where or cls.name
+        if preset is not None:
+            path = Path(preset)
+            if str(preset) in cls.presets():
+                path = cls.presets_dir() / f"{preset}.yaml"
+            elif not path.is_file():
+                raise ConfigError(f"--config {preset}: neither a preset of {cls.name} "
+                                  f"({', '.join(cls.presets()) or 'none'}) nor a YAML file")
+            data = read_config_file(path)
+            label = str(path)
+        if isinstance(overrides, list):
+            from explainrec.config import parse_overrides
+
+            overrides = parse_overrides(overrides)
+        return cls.config_class.from_dict(merge_dicts(data, overrides or {}), label)
+
+    # ------------------------------------------------------------------ the contract
+
+    def stages(self, config: Config) -> list[StageUse]:
+        """Upstream stages this run trains first (each into ``RUN/<folder>``); none by default."""
+        return []
+
+    def train(self, dataset, out: Path, config: Config, *, stages: dict[str, Path], resume: bool, progress: bool,
+              echo: Callable[..., None]) -> Trained:
+        """Fit on ``dataset``'s train split into ``out``; write ``out/model``."""
+        raise NotImplementedError
+
+    def load(self, folder: Path, manifest: dict, *, device=None, dtype=None) -> "Explainer":
+        """The :class:`Explainer` of a model folder this method wrote (``manifest`` is its explainrec.json)."""
+        raise NotImplementedError
+
+    def untrained(self, config: Config, *, device=None, dtype=None) -> "Explainer":
+        """For methods with ``trains = False``: an explainer straight from a config (no run folder)."""
+        raise ConfigError(f"{self.name} needs a trained run folder: train one with `explainrec train {self.name} ...`")
+
+
+@dataclass
+class Prepared:
+    """What an explainer needs to generate one call's pairs: model inputs per batch and per-pair extras.
+
+    ``embed_fn(input_ids, index)`` and ``batch_context(input_ids, index)`` are the hooks of
+    :func:`explainrec.llm.generate.generate_texts`; ``extras(i)`` is called after generation (so it can report
+    what the generation did, e.g. GaVaMoE's most used experts) and adds fields to pair ``i``'s row.
+    """
+
+    cold_start: list[bool]
+    embed_fn: Callable | None = None
+    batch_context: Callable[..., AbstractContextManager] | None = None
+    extras: Callable[[int], dict] = field(default=lambda i: {})
+
+
+@dataclass
+class Explainer:
+    """A loaded model that explains batches of pairs on the model it holds (no reload between calls).
+
+    ``prompt(pair) -> chat messages`` and ``prepare(pairs) -> Prepared`` are the method's; the generation path is
+    shared. ``model`` is the root module (for device moves and quantisation); ``info`` is what the server's
+    ``/v1/model`` and the prediction files report (method, config, LLM name, data fingerprint).
+    """
+
+    method: str
+    llm: Any
+    tokenizer: Any
+    prompt: Callable[[Any], list[dict]]
+    prepare: Callable[[Sequence[Any]], Prepared] | None = None
+    model: Any = None
+    info: dict = field(default_factory=dict)
+    known_users: Any = None  # IdMap of the users the model was trained with (None: any id is fine)
+    known_items: Any = None
+
+    def explain(self, pairs: Sequence[Any], generation=None, *, stats=None, progress: bool = False) -> list[dict]:
+        """One row per pair: ``user``, ``item`` (raw ids), ``prediction``, ``cold_start`` and the method's extras."""
+        from explainrec.data.prompts import render_prompt
+        from explainrec.llm.decoding import GenerationConfig
+        from explainrec.llm.generate import generate_texts
+
+        pairs = list(pairs)
+        if not pairs:
+            return []
+        generation = generation or GenerationConfig()
+        prepared = self.prepare(pairs) if self.prepare is not None else Prepared(cold_start=self.cold_start(pairs))
+        prompts = [render_prompt(self.tokenizer, self.prompt(p)) for p in pairs]
+        texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress,
+                               embed_fn=prepared.embed_fn, batch_context=prepared.batch_context,
+                               **generation.generate_kwargs())
+        return [{"user": p.user, "item": p.item, "prediction": text, "cold_start": bool(cold), **prepared.extras(i)}
+                for i, (p, text, cold) in enumerate(zip(pairs, texts, prepared.cold_start))]
+
+    def cold_start(self, pairs: Sequence[Any]) -> list[bool]:
+        """Pairs whose user or item the model never saw (always False for a model without id maps)."""
+        return [(self.known_users is not None and p.user not in self.known_users)
+                or (self.known_items is not None and p.item not in self.known_items) for p in pairs]

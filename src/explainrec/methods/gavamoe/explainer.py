@@ -1,0 +1,52 @@
+"""A loaded GaVaMoE as an :class:`~explainrec.methods.base.Explainer`: each explanation comes with its cluster
+(the gate its pair was routed through) and the experts that fired most while it was written."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from explainrec.methods.base import Explainer, Prepared
+from explainrec.methods.gavamoe.modeling import GaVaMoE
+from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+from explainrec.methods.gavamoe.routing import routing
+from explainrec.methods.llm_method import pair_ids
+
+TOP_EXPERTS = 3
+
+
+def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, info: dict) -> Explainer:
+    """Wrap a model (put in eval mode: adaptor dropout and gate noise are training-only) and its id maps; unseen ids take the model's cold-start ("unknown") rows."""
+
+    model.eval()
+
+    def prepare(pairs) -> Prepared:
+        user, item = pair_ids(model, pairs, users, items)
+        with torch.no_grad():
+            clusters = model.clusters(user, item)
+        n_experts = _n_experts(model)
+        usage = torch.zeros(len(pairs), max(n_experts, 1), dtype=torch.long)
+
+        @contextmanager
+        def batch_context(_ids: torch.Tensor, index: torch.Tensor):
+            with routing(clusters[index], track_samples=n_experts > 0) as state:
+                yield
+            if state.sample_usage is not None:
+                usage[index.cpu()] += state.sample_usage.cpu()
+
+        def extras(i: int) -> dict:
+            top = usage[i].topk(min(TOP_EXPERTS, n_experts)).indices.tolist() if n_experts else []
+            return {"cluster": int(clusters[i]), "top_experts": top}
+
+        return Prepared(cold_start=[bool(u < 0 or it < 0) for u, it in zip(user.tolist(), item.tolist())],
+                        embed_fn=lambda ids, index: model.embed(ids, user[index], item[index]),
+                        batch_context=batch_context, extras=extras)
+
+    return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=gavamoe_prompt, prepare=prepare,
+                     model=model, info=info, known_users=users, known_items=items)
+
+
+def _n_experts(model: GaVaMoE) -> int:
+    from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
+
+    return next((m.n_experts for m in model.llm.modules() if isinstance(m, MultiGatedMoE)), 0)

@@ -1,0 +1,34 @@
+"""Registry entry ``gavamoe``: stage 1 (VAE-GMM, a ``vae-gmm`` stage in ``RUN/stage1``) then stage 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from explainrec.methods.base import Method, StageUse, Trained
+from explainrec.methods.gavamoe.config import GaVaMoEConfig
+
+
+class GaVaMoE(Method):
+    name = "gavamoe"
+    description = ("GaVaMoE: VAE-GMM pair clusters pick one gate per cluster in a fine-grained MoE in every LLaMA "
+                   "layer; soft user/item tokens (arXiv 2410.11841)")
+    config_class = GaVaMoEConfig
+
+    def stages(self, config: GaVaMoEConfig) -> list[StageUse]:
+        return [StageUse("stage1", "vae-gmm", config.stage1_config())]
+
+    def train(self, dataset, out: Path, config: GaVaMoEConfig, *, stages, resume, progress, echo) -> Trained:
+        from explainrec.methods.gavamoe.recipe import train
+
+        return train(dataset, out, config, stages["stage1"], resume=resume, progress=progress, echo=echo,
+                     method=self.name)
+
+    def load(self, folder: Path, manifest: dict, *, device=None, dtype=None):
+        from explainrec.methods.gavamoe.explainer import gavamoe_explainer
+        from explainrec.methods.gavamoe.persist import load_gavamoe
+        from explainrec.methods.llm_method import load_tokenizer, place, run_info
+        from explainrec.methods.model_folder import read_id_maps
+
+        model = place(load_gavamoe(folder, manifest), device, dtype)
+        users, items = read_id_maps(folder)
+        return gavamoe_explainer(model, load_tokenizer(folder), users, items, method=self.name,
+                        info=run_info(self.name, folder, manifest))

@@ -1,0 +1,171 @@
+"""Training a registered method into a run folder: the folder policy, the upstream stages, the resolved config.
+
+    RUN/config.yaml          the method and the resolved config the run was started with
+    RUN/<stage>/             each upstream stage (its own run folder: model/, checkpoint/, reports)
+    RUN/checkpoint/          the method's last training state (``resume=True`` continues it)
+    RUN/model/               the finished model (explainrec.json + weights): what load_run opens
+    RUN/train_summary.json   steps, time, last validation
+
+A folder that already holds a run is continued only with ``resume=True`` and replaced only with
+``overwrite=True``; a stage found in the folder is reused only when it was trained with the same settings on the
+same data, otherwise the run stops and says so.
+
+Under ``accelerate launch`` every process runs these checks, but only the main process writes (the run folder, its
+config, the stages) while the others wait for it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from explainrec.config import Config, ConfigError
+from explainrec.methods.base import Method, StageUse
+from explainrec.methods.model_folder import MANIFEST, data_fingerprint, find_model_folder, read_manifest
+
+CONFIG_FILE = "config.yaml"
+RUN_MARKERS = ("config.yaml", "checkpoint", "model", "train_summary.json")
+
+
+class RunFolderError(ConfigError):
+    """The output folder holds something this command must not silently continue or replace."""
+
+
+def _process():
+    from explainrec.train.loop import process_state
+
+    return process_state()
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / m).exists() for m in RUN_MARKERS)
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Make ``out`` ready for training, refusing to lose work: see the module docstring."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: pick one")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out}: is a file; --out takes a folder")
+    for src in inputs:
+        src = Path(src).resolve()
+        target = out.resolve()
+        if src == target or target in src.parents:
+            raise RunFolderError(f"--out {out}: would hold or replace the input {src}; choose another folder")
+    replace = False
+    if out.exists() and holds_run(out):
+        if not (resume or overwrite):
+            raise RunFolderError(f"{out}: already holds a run ({', '.join(m for m in RUN_MARKERS if (out / m).exists())}); "
+                                 "pass --resume to continue it or --overwrite to start it again")
+        replace = overwrite
+    elif resume and not (out / CONFIG_FILE).exists():
+        raise RunFolderError(f"{out}: --resume, but there is no run to continue (no {CONFIG_FILE}); drop --resume")
+    state = _process()
+    if state.is_main_process:
+        if replace:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out)
+    state.wait_for_everyone()
+
+
+def _check_writable(folder: Path) -> None:
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise RunFolderError(f"{folder}: not writable ({err.strerror or err})") from None
+
+
+def write_run_config(out: Path, method: Method, cfg: Config, *, resume: bool) -> None:
+    """``RUN/config.yaml``; on resume the saved one must agree with ``cfg`` except for budgets."""
+    import yaml
+
+    from explainrec.io import atomic_write_text
+
+    file = out / CONFIG_FILE
+    record = {"method": method.name, "config": cfg.to_dict()}
+    if resume and file.exists():
+        try:
+            saved = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise RunFolderError(f"{file}: not valid YAML ({err})") from None
+        if saved.get("method") != method.name:
+            raise RunFolderError(f"{file}: this folder holds a {saved.get('method')!r} run, not {method.name!r}")
+        diffs = _diff(saved.get("config") or {}, record["config"], set(type(cfg).RESUMABLE))
+        if diffs:
+            raise RunFolderError(f"{file}: --resume with other settings than the run was started with "
+                                 f"({'; '.join(diffs)}); only budgets ({', '.join(type(cfg).RESUMABLE) or 'none'}) "
+                                 "may change -- start a new run with --out elsewhere or --overwrite")
+    state = _process()
+    if state.is_main_process:
+        atomic_write_text(file, yaml.safe_dump(record, sort_keys=False))
+    state.wait_for_everyone()
+
+
+def _diff(saved: dict, wanted: dict, ignore: set[str], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key, "<missing>"), wanted.get(key, "<missing>")
+        if prefix + key in ignore:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, ignore, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: was {a!r}, now {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def stage_key(use: StageUse, data_spec: str) -> tuple:
+    """What decides a stage's result: the method, its config and the data; equal keys -> shareable folders."""
+    import json
+
+    return use.method, json.dumps(use.config.to_dict(), sort_keys=True), str(data_spec)
+
+
+def stage_is_done(folder: Path) -> bool:
+    return (folder / "model" / MANIFEST).is_file()
+
+
+def ensure_stage(use: StageUse, dataset, run_dir: Path, *, resume: bool, progress: bool, echo) -> Path:
+    """The stage's folder, trained now unless it is already there with the same settings and data."""
+    from explainrec.methods import registry
+
+    folder = run_dir / use.folder
+    stage = registry.get(use.method)
+    if stage_is_done(folder):
+        manifest = read_manifest(find_model_folder(folder))
+        wanted = use.config.to_dict()
+        diffs = _diff(manifest.get("config") or {}, wanted, set())
+        if manifest.get("method") != use.method or diffs:
+            raise RunFolderError(
+                f"{folder}: this {use.method} stage was trained with other settings than the run asks for "
+                f"({'; '.join(diffs) or manifest.get('method')}); use a fresh --out, or --overwrite to retrain it")
+        fp = (manifest.get("data") or {}).get("fingerprint")
+        if fp != data_fingerprint(dataset.users, dataset.items):
+            raise RunFolderError(f"{folder}: this {use.method} stage was trained on other data "
+                                 f"({(manifest.get('data') or {}).get('name')!r}); use a fresh --out")
+        return folder
+    state = _process()
+    if state.is_main_process:  # a stage is small next to the LLM: one process trains it, the others wait
+        echo(f"[{use.method}] training the {use.folder} stage -> {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        stage.train(dataset, folder, use.config, stages={}, resume=resume, progress=progress, echo=echo)
+    state.wait_for_everyone()
+    return folder
+
+
+def train_run(method: Method, dataset, out: str | Path, cfg: Config, *, resume: bool = False,
+              overwrite: bool = False, progress: bool = True, echo=print, inputs: tuple[Path, ...] = ()):
+    """Train ``method`` into ``out`` (stages first); return its :class:`~explainrec.methods.base.Trained`."""
+    out = Path(out)
+    prepare_out(out, resume=resume, overwrite=overwrite, inputs=inputs)
+    write_run_config(out, method, cfg, resume=resume)
+    stages = {use.folder: ensure_stage(use, dataset, out, resume=resume, progress=progress, echo=echo)
+              for use in method.stages(cfg)}
+    return method.train(dataset, out, cfg, stages=stages, resume=resume, progress=progress, echo=echo)
