@@ -311,6 +311,33 @@ def evaluate(
     typer.echo(f"\nwrote {json_path} and {md_path}")
 
 
+@app.command("evaluate-alignment")
+@boundary
+def evaluate_alignment(
+    run: Path = typer.Argument(..., help="A run folder of a method aligned to a recommender (recexplainer)."),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for alignment.json and alignment.md (default: RUN)."),
+    limit: int = typer.Option(100, "--limit", min=1, help="Held-out rows scored per task."),
+    explanations: int = typer.Option(48, "--explanations", min=0, help="Explanations generated for the checks (0: none)."),
+    zero_shot: bool = typer.Option(True, "--zero-shot/--no-zero-shot", help="Also score the untrained LLM."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """Alignment to the recommender (Table 1: T1 HR/NDCG@5, T2 NDCG@5, T3 accuracy, T6 coverage, beside random,
+    popularity and the untrained LLM) and automatic checks of the explanations (decision, probe, grounding, ...)."""
+    from explainrec.io import atomic_write_json, atomic_write_text
+    from explainrec.methods import registry
+    from explainrec.methods.model_folder import open_model_folder
+
+    out_dir = check_output_folder(out if out is not None else run)
+    _, manifest = open_model_folder(run)
+    report, markdown = registry.get(manifest["method"]).alignment_report(
+        run, _load_data(data, trust_pickle), limit=limit, explanations=explanations, zero_shot=zero_shot,
+        echo=typer.echo)
+    atomic_write_json(out_dir / "alignment.json", report)
+    atomic_write_text(out_dir / "alignment.md", markdown)
+    typer.echo(markdown + f"\nwrote {out_dir / 'alignment.json'} and {out_dir / 'alignment.md'}")
+
+
 @app.command()
 @boundary
 def compare(
@@ -387,6 +414,94 @@ def bench(
                        progress=stderr_is_terminal(), command=" ".join(shlex.quote(w) for w in words), echo=typer.echo)
     if result.failed:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------------- serve
+
+
+@app.command()
+@boundary
+def serve(
+    run: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", help="A trained run folder (from `explainrec train METHOD`), or its "
+                                         "model/ folder. Or leave it out and give --method."),
+    method: Optional[str] = typer.Option(None, "--method", help="Serve a method that needs no training (zero-shot) "
+                                         "instead of a run folder; with RUN, the method RUN must hold."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --method zero-shot: the LLM ('smollm2-135m', "
+                                        "embedded, the default; 'tiny'; an HF id or a local folder)."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP + " Known pairs get their prompt text from "
+                                       "it exactly as in training; the page searches its ids and titles."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default is reachable from this "
+                             "machine only; anything else exposes the server (then use --api-key-env)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, max=256, help="Most requests generated together in one "
+                                  "batch (1 = one at a time)."),
+    max_wait_ms: float = typer.Option(20.0, "--max-wait-ms", min=0.0, max=10_000.0, help="How long the oldest waiting "
+                                      "request waits for others to join its batch."),
+    queue: int = typer.Option(64, "--queue", min=1, max=100_000, help="Requests that may wait for a batch; more are "
+                              "answered 429 with Retry-After."),
+    timeout_s: float = typer.Option(120.0, "--timeout-s", min=0.1, help="Per request, waiting plus generating; "
+                                    "later ones are answered 504."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, max=4096, help="The longest explanation a "
+                                       "request may ask for (more is refused with 422, never cut)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding "
+                                              "the API key: /v1/* then needs header X-API-Key with that value (the "
+                                              "key itself never goes on the command line)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """Serve explanations over HTTP: a JSON API (/docs), streaming, dynamic batching and a web page at /."""
+    import os
+    import socket
+
+    from explainrec.methods import registry
+    from explainrec.methods.model_folder import load_run
+    from explainrec.serve import server
+    from explainrec.serve.schemas import ServeSettings
+
+    _check_precision(precision)
+    wanted = registry.get(method) if method else None  # unknown names fail here, before any loading
+    if run is not None and model is not None:
+        raise UsageError("--model names the LLM of a method that needs no training; a run folder brings its own "
+                         "model: drop --model")
+    if run is None and wanted is None:
+        raise UsageError("serve needs a run folder (explainrec serve RUN) or a method that needs no training "
+                         "(explainrec serve --method zero-shot)")
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "")
+        if not api_key:
+            raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue, timeout_s=timeout_s,
+                             max_new_tokens=max_new_tokens, api_key=api_key)
+    settings.check()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a busy port: say so now
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as err:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    if not server.is_loopback(host) and api_key is None:
+        typer.secho(f"warning: --host {host} exposes the server beyond this machine without a key; "
+                    "consider --api-key-env NAME", fg="yellow", err=True)
+
+    def open_explainer():
+        if run is None:
+            return _open_explainer(model, method, precision)
+        explainer = load_run(run, precision=precision)
+        if wanted is not None and explainer.method != wanted.name:
+            raise UsageError(f"{run} holds a {explainer.method} model, not {wanted.name}")
+        return explainer
+
+    dataset = _load_data(data, trust_pickle) if data is not None else None
+    service = server.build_service(open_explainer, dataset, settings, precision)
+    info = service.model_info()
+    if (info["served_data"] or {}).get("matches_model") is False:
+        typer.secho(f"warning: --data {data} is not the data the model was trained on (other id maps); its text "
+                    "still fills the prompts, but the model knows the ids it was trained with", fg="yellow", err=True)
+    typer.echo(f"serving {info['method']} ({info['model']}, {info['precision']}, loaded in {info['load_seconds']} s) "
+               f"on http://{host}:{port}  -- page /, API docs /docs" + ("  (X-API-Key required)" if api_key else ""))
+    server.run(service, host=host, port=port, access_log=access_log)
 
 
 def main() -> None:  # pragma: no cover

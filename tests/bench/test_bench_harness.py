@@ -89,7 +89,10 @@ def test_mini_config_end_to_end(finished):
           for r in ("base", "gavamoe", "single-gate")]
     assert s1[0] == s1[1] == s1[2]
     log = [json.loads(x) for x in (out / "bench_log.jsonl").read_text().splitlines()]
-    assert log[-1]["done"] == 6 and log[-1]["failed"] == 0 and not log[-1]["interrupted"]
+    assert log[-1]["done"] == 7 and log[-1]["failed"] == 0 and not log[-1]["interrupted"]
+    # RecExplainer: its alignment report beside the text metrics
+    assert (runs / "recexplainer-h" / "seed0" / "alignment.json").exists()
+    assert "## Alignment to the recommender (Table 1)" in report and "| recexplainer-h (hybrid) |" in report
 
 
 def test_rerun_skips_finished_runs(finished, tmp_path, monkeypatch):
@@ -201,7 +204,7 @@ def test_dry_run_and_only(tmp_path, write_config):
     assert result.exit_code == 0, result.output
     assert "[   todo] synthetic/gavamoe/seed0: gavamoe" in result.output
     assert "synthetic/xrec/seed0" in result.output and "zero-shot" not in result.output
-    assert "2 run(s) of 6" in result.output
+    assert "2 run(s) of 7" in result.output
     assert not (tmp_path / "out" / "synthetic").exists()
     none = CliRunner().invoke(app, ["bench", str(config), "--only", "nothing*"])
     assert none.exit_code == 2 and "matches none" in none.output
@@ -224,7 +227,7 @@ def test_plan_covers_every_seed_and_dataset(tmp_path, write_config):
     config = write_config(tmp_path / "c.yaml", tmp_path / "out", seeds=[0, 1],
                           datasets={"a": "synthetic:users=30,items=25,types=2", "b": "synthetic:users=40"})
     planned = plan(load_config(config))
-    assert len(planned) == 2 * 2 * 6
+    assert len(planned) == 2 * 2 * 7
     assert planned[0].run_dir == tmp_path / "out" / "a" / "zero-shot" / "seed0"
     assert harness.select(planned, ["b/*/seed1"]) == [p for p in planned if p.dataset == "b" and p.seed == 1]
 

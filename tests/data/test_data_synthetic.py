@@ -112,3 +112,88 @@ def test_small_and_invalid_configs():
         make_synthetic(n_users=3, n_types=4)
     with pytest.raises(ValueError):
         make_synthetic(interactions_per_user=(5, 2))
+
+
+# ---------------------------------------------------------------------------------------------------- ordered=True
+
+
+def _digest(ds) -> str:
+    """SHA-256 over everything make_synthetic returns (arrays as bytes, examples and meta as repr)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("user", "item", "split", "rating", "timestamp"):
+        a = getattr(ds.interactions, name)
+        h.update(repr(None if a is None else (a.dtype.str, a.tobytes())).encode())
+    h.update(repr(ds.examples).encode())
+    h.update(ds.user_types.tobytes())
+    h.update(repr({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in ds.meta.items()}).encode())
+    h.update(repr((ds.users.raw, ds.items.raw, ds.name)).encode())
+    return h.hexdigest()
+
+
+def test_default_output_is_pinned():
+    # the value of the generator before the ordered option existed: the option must not move the default by a byte
+    assert _digest(make_synthetic(seed=0)) == "7eba7c6b2a0f709a4093848e596e929b6696f8c218af92cdca2b6d3ca6766621"
+    assert _digest(make_synthetic(seed=0, ordered=False)) == _digest(make_synthetic(seed=0))
+    ds = make_synthetic(seed=0)
+    assert ds.interactions.timestamp is None and all(e.timestamp is None for e in ds.examples)
+    assert "ordered" not in ds.meta["params"]
+
+
+@pytest.fixture(scope="module")
+def ordered():
+    return make_synthetic(seed=0, ordered=True)
+
+
+def test_ordered_timestamps_and_temporal_split(ordered):
+    inter = ordered.interactions
+    t = inter.timestamp
+    assert t is not None and t.dtype == np.float64 and np.isfinite(t).all()
+    assert [e.timestamp for e in ordered.examples] == t.tolist()
+    assert ordered.meta["params"]["ordered"] is True
+    per_user = np.bincount(inter.user, minlength=ordered.n_users)
+    for u in range(ordered.n_users):
+        rows = np.flatnonzero(inter.user == u)
+        times = t[rows]
+        assert (np.diff(times) > 0).all()  # increasing in generation order
+        by_time = inter.split[rows[np.argsort(times)]].tolist()
+        # leave-one-out by time: the last is test, the one before valid, the rest train
+        assert by_time[-1] == "test" and by_time[-2] == "valid" and set(by_time[:-2]) == {"train"}
+    assert per_user.min() >= 3
+    # the user/item type structure is kept
+    same = ordered.user_types[inter.user] == ordered.meta["item_types"][inter.item]
+    assert 0.78 < same.mean() < 0.92
+
+
+def _successor_share(ds, times) -> float:
+    """Share of a user's consecutive pairs (a, b) where b is a's most frequent successor over all users."""
+    from collections import Counter, defaultdict
+
+    inter = ds.interactions
+    order = np.lexsort((times, inter.user))
+    u, i = inter.user[order], inter.item[order]
+    same = u[1:] == u[:-1]
+    a, b = i[:-1][same], i[1:][same]
+    succ = defaultdict(Counter)
+    for x, y in zip(a, b):
+        succ[x][y] += 1
+    best = {x: c.most_common(1)[0][0] for x, c in succ.items()}
+    return float(np.mean([best[x] == y for x, y in zip(a, b)]))
+
+
+def test_ordered_histories_are_sequential(ordered):
+    # the previous item predicts the next one (a Markov drift): far above the unordered generator's rate
+    assert _successor_share(ordered, ordered.interactions.timestamp) > 0.4
+    plain = make_synthetic(seed=0)
+    assert _successor_share(plain, np.arange(len(plain.interactions))) < 0.2
+
+
+def test_ordered_option_through_load_dataset():
+    from explainrec.data import load_dataset
+
+    ds = load_dataset("synthetic:ordered=1,users=50,items=40,seed=3")
+    ref = make_synthetic(n_users=50, n_items=40, seed=3, ordered=True)
+    assert _digest(ds) == _digest(ref) == _digest(make_synthetic(n_users=50, n_items=40, seed=3, ordered=True))
+    assert ds.interactions.timestamp is not None
+    assert _digest(ref) != _digest(make_synthetic(n_users=50, n_items=40, seed=4, ordered=True))

@@ -38,6 +38,7 @@ class RunSpec:
     split: str = "test"
     limit: int | None = None  # explain only the first N pairs of the split
     precision: str = "fp32"  # generation weights: fp32 | int8
+    alignment: dict = field(default_factory=dict)  # alignment_report options (methods with has_alignment)
 
     def __post_init__(self) -> None:
         from explainrec.llm.decoding import GenerationConfig
@@ -194,6 +195,13 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     t2 = time.perf_counter()
     result = evaluate(load_predictions(run_dir / "predictions.jsonl"), bertscore=bertscore)
     save_report(result, run_dir / "metrics.json", title=f"{spec.method} on {spec.data} ({spec.split})")
+    method = spec.method_entry()
+    if method.has_alignment and not (run_dir / "alignment.json").exists():
+        from explainrec.io import atomic_write_text
+
+        report, markdown = method.alignment_report(run_dir, dataset, echo=echo, **spec.alignment)
+        atomic_write_json(run_dir / "alignment.json", report)
+        atomic_write_text(run_dir / "alignment.md", markdown)
     done = {
         "metrics": result["metrics"],
         "std": result.get("std", {}),

@@ -7,6 +7,11 @@ and rate them from the type-feature affinity plus noise. Every interaction is al
 explanation names the item's features the user's type likes (or, for a low rating, the ones it lacks).
 So the type is visible on the user side, the item side, in the ratings and in the text, and a pair
 clustering model such as GaVaMoE's VAE-GMM can be checked against ``Dataset.user_types``.
+
+``ordered=True`` (``synthetic:ordered=1``) adds time: each type's items lie on a fixed ring, and a user's in-type
+items are a walk along it (the next item is mostly the ring's next one), so the order of a history predicts the
+next item -- which a sequential recommender (SASRec) can learn and a bag-of-items one (MF, popularity) cannot.
+Interactions then carry timestamps and the split is temporal (leave-one-out). The default output is unchanged.
 """
 from __future__ import annotations
 
@@ -70,6 +75,36 @@ def _activity(rng: np.random.Generator, n_users: int, lo: int, hi: int, median: 
     return np.clip(np.rint(raw), lo, hi).astype(np.int64)
 
 
+def _drift_walk(rng: np.random.Generator, ring: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``n`` distinct items of ``ring`` (a cyclic order), visited from position ``start`` in steps of 1 (70%),
+    2 (20%) or 3 (10%), skipping visited items: a Markov drift whose next item follows from the previous one."""
+    seen = np.zeros(len(ring), dtype=bool)
+    out = np.empty(n, dtype=np.int64)
+    steps = rng.choice(3, size=n, p=(0.7, 0.2, 0.1)) + 1
+    pos = start - steps[0]
+    for k in range(n):
+        pos = (pos + steps[k]) % len(ring)
+        while seen[pos]:
+            pos = (pos + 1) % len(ring)
+        seen[pos] = True
+        out[k] = ring[pos]
+    return out
+
+
+def _temporal_split(user_arr: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+    """Leave-one-out by time: each user's last interaction is test, the one before valid (when the user has at
+    least three), the rest train (RecExplainer's protocol). ``(N,)`` str array."""
+    split = np.full(len(user_arr), "train", dtype="<U5")
+    order = np.lexsort((timestamp, user_arr))  # by user, then time
+    users_sorted = user_arr[order]
+    last = np.r_[users_sorted[1:] != users_sorted[:-1], True]  # last row of each user in ``order``
+    count = np.bincount(user_arr)[users_sorted]
+    split[order[last & (count >= 2)]] = "test"
+    before_last = np.r_[last[1:], False] & (count >= 3)
+    split[order[before_last]] = "valid"
+    return split
+
+
 def make_synthetic(
     n_users: int = 300,
     n_items: int = 200,
@@ -82,6 +117,7 @@ def make_synthetic(
     rating_noise: float = 0.5,
     seed: int = 0,
     name: str = "synthetic",
+    ordered: bool = False,
 ) -> Dataset:
     """Generate the dataset (deterministic per ``seed``).
 
@@ -92,7 +128,12 @@ def make_synthetic(
     pair clusterer cannot place, and 0.85 keeps pair-cluster NMI comfortably above 0.8). Ratings are
     integers 1..5. Splits are 8:1:1 by a hash of the pair, except that a user's first interaction is
     moved to train when the hash gave the user none (every user then has a training signal).
+
+    ``ordered`` (see the module docstring): in-type items follow a drift along a per-type ring, every interaction
+    gets a timestamp (``Interactions.timestamp``, ``Example.timestamp``; seconds, increasing per user) and the split
+    is leave-one-out by time instead of the hash. Ratings and texts are made the same way.
     """
+    ordered = bool(ordered)
     if n_types < 1 or n_users < n_types or n_items < n_types:
         raise ValueError(f"need 1 <= n_types <= n_users, n_items; got {n_types=}, {n_users=}, {n_items=}")
     per_type = 6 if n_features is None else n_features // n_types
@@ -140,16 +181,30 @@ def make_synthetic(
     counts = _activity(rng, n_users, lo, hi, median_interactions)
     users_col: list[int] = []
     items_col: list[int] = []
+    times_col: list[np.ndarray] = []
+    rings = [rng.permutation(p) for p in pool] if ordered else []
     for u in range(n_users):
         t = user_types[u]
         n = int(min(counts[u], n_items))
         n_home = int(min(rng.binomial(n, in_type_prob), len(pool[t])))
         n_away = min(n - n_home, n_items - len(pool[t]))
-        home = rng.choice(pool[t], size=n_home, replace=False, p=pool_w[t])
         away_pool = np.flatnonzero(item_types != t)
-        away = rng.choice(away_pool, size=n_away, replace=False) if n_away > 0 else np.empty(0, np.int64)
-        picked = np.concatenate([home, away])
-        rng.shuffle(picked)
+        if ordered:
+            # in time order: the in-type items drift along the ring; off-type items fall at random positions
+            start = int(rng.choice(len(pool[t]), p=pool_w[t]))
+            home = _drift_walk(rng, rings[t], start, n_home)
+            away = rng.choice(away_pool, size=n_away, replace=False) if n_away > 0 else np.empty(0, np.int64)
+            is_away = np.zeros(n_home + n_away, dtype=bool)
+            is_away[rng.choice(n_home + n_away, size=n_away, replace=False)] = True
+            picked = np.empty(n_home + n_away, dtype=np.int64)
+            picked[~is_away], picked[is_away] = home, away
+            days = rng.uniform(0.0, 365.0) + np.cumsum(rng.exponential(1.0, size=len(picked)))
+            times_col.append(1.6e9 + 86400.0 * days)
+        else:
+            home = rng.choice(pool[t], size=n_home, replace=False, p=pool_w[t])
+            away = rng.choice(away_pool, size=n_away, replace=False) if n_away > 0 else np.empty(0, np.int64)
+            picked = np.concatenate([home, away])
+            rng.shuffle(picked)
         users_col.extend([u] * len(picked))
         items_col.extend(int(i) for i in picked)
     user_arr = np.asarray(users_col, dtype=np.int64)
@@ -162,7 +217,11 @@ def make_synthetic(
     score = 1.3 + 3.7 * affinity + user_bias[user_arr] + rng.normal(0.0, rating_noise, size=len(user_arr))
     rating = np.clip(np.rint(score), 1, 5).astype(np.float32)
 
-    split = hash_split(zip(users_col, items_col), seed=seed)
+    timestamp = np.concatenate(times_col) if ordered else None
+    if ordered:
+        split = _temporal_split(user_arr, timestamp)
+    else:
+        split = hash_split(zip(users_col, items_col), seed=seed)
     has_train = np.zeros(n_users, dtype=bool)
     has_train[user_arr[split == "train"]] = True
     first_row = np.unique(user_arr, return_index=True)[1]
@@ -204,9 +263,10 @@ def make_synthetic(
         examples.append(Example(
             user=u, item=i, split=str(split[row]), explanation=text, rating=r, features=tuple(feats),
             title=titles[i], user_profile=user_profiles[u], item_profile=item_profiles[i],
+            timestamp=None if timestamp is None else float(timestamp[row]),
         ))
 
-    inter = Interactions(user=user_arr, item=item_arr, split=split, rating=rating)
+    inter = Interactions(user=user_arr, item=item_arr, split=split, rating=rating, timestamp=timestamp)
     meta = {
         "format": "synthetic",
         "item_types": item_types,
@@ -218,5 +278,7 @@ def make_synthetic(
             "seed": seed,
         },
     }
+    if ordered:  # only when set, so the default meta stays as it was
+        meta["params"]["ordered"] = True
     return Dataset(name=name, interactions=inter, examples=examples, users=users, items=items,
                    user_types=user_types, meta=meta)

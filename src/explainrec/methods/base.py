@@ -55,6 +55,7 @@ class Method:
     explains: ClassVar[bool] = True  # False: a stage-only entry (no explanations)
     trains: ClassVar[bool] = True  # False: usable without a run folder (zero-shot)
     preset_folder: ClassVar[str] = "configs"  # beside the entry's module
+    has_alignment: ClassVar[bool] = False  # True: alignment_report() evaluates a run against what it explains
 
     # ------------------------------------------------------------------ config
 
@@ -106,6 +107,10 @@ class Method:
         """The :class:`Explainer` of a model folder this method wrote (``manifest`` is its explainrec.json)."""
         raise NotImplementedError
 
+    def alignment_report(self, run: Path, dataset, **options) -> tuple[dict, str]:
+        """``(report, markdown)`` of how well a run is aligned to the model it explains (RecExplainer)."""
+        raise ConfigError(f"{self.name} has no alignment evaluation: it is not aligned to a recommender")
+
     def untrained(self, config: Config, *, device=None, dtype=None) -> "Explainer":
         """For methods with ``trains = False``: an explainer straight from a config (no run folder)."""
         raise ConfigError(f"{self.name} needs a trained run folder: train one with `explainrec train {self.name} ...`")
@@ -116,14 +121,15 @@ class Prepared:
     """What an explainer needs to generate one call's pairs: model inputs per batch and per-pair extras.
 
     ``embed_fn(input_ids, index)`` and ``batch_context(input_ids, index)`` are the hooks of
-    :func:`explainrec.llm.generate.generate_texts`; ``extras(i)`` is called after generation (so it can report
-    what the generation did, e.g. GaVaMoE's most used experts) and adds fields to pair ``i``'s row.
+    :func:`explainrec.llm.generate.generate_texts`; ``extras(i, text)`` is called after generation (so it can
+    report what the generation did, e.g. GaVaMoE's most used experts, or read the text, e.g. RecExplainer's
+    yes/no) and adds fields to pair ``i``'s row.
     """
 
     cold_start: list[bool]
     embed_fn: Callable | None = None
     batch_context: Callable[..., AbstractContextManager] | None = None
-    extras: Callable[[int], dict] = field(default=lambda i: {})
+    extras: Callable[[int, str], dict] = field(default=lambda i, text: {})
 
 
 @dataclass
@@ -145,8 +151,13 @@ class Explainer:
     known_users: Any = None  # IdMap of the users the model was trained with (None: any id is fine)
     known_items: Any = None
 
-    def explain(self, pairs: Sequence[Any], generation=None, *, stats=None, progress: bool = False) -> list[dict]:
-        """One row per pair: ``user``, ``item`` (raw ids), ``prediction``, ``cold_start`` and the method's extras."""
+    def explain(self, pairs: Sequence[Any], generation=None, *, stats=None, progress: bool = False,
+                streamer_for: Callable | None = None) -> list[dict]:
+        """One row per pair: ``user``, ``item`` (raw ids), ``prediction``, ``cold_start`` and the method's extras.
+
+        ``streamer_for`` goes to :func:`~explainrec.llm.generate.generate_texts` (per-batch streamers: the server
+        streams each request's text while its batch generates).
+        """
         from explainrec.data.prompts import render_prompt
         from explainrec.llm.decoding import GenerationConfig
         from explainrec.llm.generate import generate_texts
@@ -159,8 +170,8 @@ class Explainer:
         prompts = [render_prompt(self.tokenizer, self.prompt(p)) for p in pairs]
         texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress,
                                embed_fn=prepared.embed_fn, batch_context=prepared.batch_context,
-                               **generation.generate_kwargs())
-        return [{"user": p.user, "item": p.item, "prediction": text, "cold_start": bool(cold), **prepared.extras(i)}
+                               streamer_for=streamer_for, **generation.generate_kwargs())
+        return [{"user": p.user, "item": p.item, "prediction": text, "cold_start": bool(cold), **prepared.extras(i, text)}
                 for i, (p, text, cold) in enumerate(zip(pairs, texts, prepared.cold_start))]
 
     def cold_start(self, pairs: Sequence[Any]) -> list[bool]:

@@ -37,14 +37,16 @@ def encode_splits(dataset: Dataset, tokenizer, prompt_fn, cfg, splits=("train", 
 
 
 def fit(model: torch.nn.Module, rows: dict[str, list[dict]], tokenizer, cfg, out: Path, *, resume: bool,
-        progress: bool, echo, tag: str, extra: Callable | None = None, acc=None):
-    """The shared training loop on ``rows['train']`` (validation on ``rows['valid']``); ``(raw model, state, acc)``."""
+        progress: bool, echo, tag: str, extra: Callable | None = None, acc=None, collate: Callable | None = None):
+    """The shared training loop on ``rows['train']`` (validation on ``rows['valid']``); ``(raw model, state, acc)``.
+
+    ``collate`` defaults to the explanation rows' (:func:`explainrec.data.collate.make_collate`)."""
     from explainrec.data.collate import make_collate
     from explainrec.train.loop import make_accelerator, run_loop
 
     acc = acc or make_accelerator(cfg.grad_accum)
-    raw, state = run_loop(model, rows["train"], rows["valid"], make_collate(tokenizer.pad_token_id), cfg, out,
-                          acc=acc, extra=extra, resume=resume, progress_bar=progress, echo=echo, tag=tag)
+    raw, state = run_loop(model, rows["train"], rows["valid"], collate or make_collate(tokenizer.pad_token_id), cfg,
+                          out, acc=acc, extra=extra, resume=resume, progress_bar=progress, echo=echo, tag=tag)
     return raw, state, acc
 
 
@@ -72,10 +74,12 @@ def finish(acc, out: Path, summary_: dict, save: Callable[[], None], explainer: 
 
 
 def save_weights(path: Path, *, method: str, config, dataset: Dataset, module: torch.nn.Module, tokenizer=None,
-                 keep: Callable[[str], bool] | None = None, arch: dict | None = None) -> Path:
+                 keep: Callable[[str], bool] | None = None, arch: dict | None = None,
+                 write_more: Callable[[Path], None] | None = None) -> Path:
     """A model folder with ``module``'s state dict (filtered by ``keep``); tensors sharing storage are stored once.
 
     Tied weights (a tied LM head) are recorded in ``arch["tied"]`` as ``{dropped key: kept key}`` and restored on load.
+    ``write_more(folder)`` adds method-specific files inside the folder before it is moved into place.
     """
     from safetensors.torch import save_file
 
@@ -94,6 +98,8 @@ def save_weights(path: Path, *, method: str, config, dataset: Dataset, module: t
         save_file(state, str(tmp / WEIGHTS))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if write_more is not None:
+            write_more(tmp)
     return Path(path)
 
 
@@ -183,5 +189,8 @@ def model_ids(raw: list[str], id_map, device=None) -> torch.Tensor:
 
 def pair_ids(model: torch.nn.Module, pairs, users, items) -> tuple[torch.Tensor, torch.Tensor]:
     """``(user, item)`` rows of ``pairs`` on the model's device (-1 for ids it never saw)."""
-    device = next(model.parameters()).device
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    device = tensor.device if tensor is not None else "cpu"
     return model_ids([p.user for p in pairs], users, device), model_ids([p.item for p in pairs], items, device)

@@ -14,8 +14,10 @@ _ENTRIES = {
     "zero-shot": "explainrec.methods.zero_shot.method:ZeroShot",
     "gavamoe": "explainrec.methods.gavamoe.method:GaVaMoE",
     "xrec": "explainrec.methods.xrec.method:XRec",
+    "recexplainer": "explainrec.methods.recexplainer.method:RecExplainer",
     "vae-gmm": "explainrec.methods.gavamoe.stage1_method:VaeGmmStage",
     "lightgcn": "explainrec.methods.xrec.lightgcn_method:LightGCNStage",
+    "recommender": "explainrec.methods.recexplainer.recommender_method:RecommenderStage",
 }
 
 

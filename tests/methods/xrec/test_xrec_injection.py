@@ -180,10 +180,19 @@ def test_layer_injection_changes_the_prediction(setup):
 
 
 def test_beam_search_expands_the_vectors(setup):
-    model, tokenizer, _, ids, mask, user, item = setup
-    out = model.generate(ids, mask, user=user, item=item, max_new_tokens=3, num_beams=2, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[0] == 3
+    """Each sample's beams carry that sample's vectors: the batch gives what every prompt gives alone (were the
+    vectors repeated batch-wise instead of per sample, the beams of one pair would read another pair's vectors)."""
+    model, tokenizer, rows, ids, mask, user, item = setup
+    kw = dict(max_new_tokens=4, num_beams=2, num_return_sequences=2, do_sample=False,
+              pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(ids, mask, user=user, item=item, **kw)
+    assert out.shape[0] == 6
+    for b, row in enumerate(rows):
+        one = torch.tensor([row])
+        alone = model.generate(one, torch.ones_like(one), user=user[b:b + 1], item=item[b:b + 1], **kw)
+        assert torch.equal(out[2 * b:2 * b + 2, -4:], alone[:, -4:]), f"sample {b}"
+    other = model.generate(ids, mask, user=user.roll(1), item=item.roll(1), **kw)
+    assert not torch.equal(other[:, -4:], out[:, -4:])  # the vectors matter to the beams at all
 
 
 def test_mismatched_prompt_and_scope_errors(setup):

@@ -34,7 +34,7 @@ def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, i
             if state.sample_usage is not None:
                 usage[index.cpu()] += state.sample_usage.cpu()
 
-        def extras(i: int) -> dict:
+        def extras(i: int, _text: str) -> dict:
             top = usage[i].topk(min(TOP_EXPERTS, n_experts)).indices.tolist() if n_experts else []
             return {"cluster": int(clusters[i]), "top_experts": top}
 

@@ -1,0 +1,67 @@
+"""A loaded RecExplainer as an :class:`~explainrec.methods.base.Explainer`: asked whether the user will like the
+item and why, as the recommender would, it answers with a decision and an explanation; each row also carries the
+recommender's own verdict on the pair, so a reader sees whether the explanation agrees with what it explains."""
+from __future__ import annotations
+
+import torch
+
+from explainrec.methods.base import Explainer, Prepared
+
+
+def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items, *, variant: str, method: str,
+                           info: dict) -> Explainer:
+    """Wrap a model, its recommender, the item names and the id maps.
+
+    A pair whose user or item the recommender never saw has no vector to read: its prompt takes the titles-only
+    (behaviour) form, with the item called by its title when the pair gives one, and the row says ``cold_start``.
+    """
+    from explainrec.methods.llm_method import pair_ids
+    from explainrec.methods.recexplainer.explanation_checks import explanation_prompt, parse_decision
+
+    model.eval()
+
+    def question(pair, u: int, i: int) -> tuple[list[dict], list[int], list[int]]:
+        """``(messages, soft ids, history)`` of one pair (``u``/``i``: the recommender's rows, -1 if unknown)."""
+        hist = [h for h in rec.recent_history(torch.tensor([u])).tolist()[0] if h >= 0] if u >= 0 else []
+        if u >= 0 and i >= 0:
+            messages, soft = explanation_prompt(u, hist, i, names, variant)
+        else:
+            title = names[i] if i >= 0 else (pair.title or f"item {pair.item}")
+            messages, soft = explanation_prompt(max(u, 0), hist, len(names), names + [title], "behaviour")
+        return messages, soft, hist
+
+    def ids_of(pair):
+        u, i = pair_ids(rec, [pair], users, items)
+        return int(u[0]), int(i[0])
+
+    def prompt(pair) -> list[dict]:
+        return question(pair, *ids_of(pair))[0]
+
+    def prepare(pairs) -> Prepared:
+        u, i = pair_ids(rec, pairs, users, items)
+        asked = [question(p, int(a), int(b)) for p, a, b in zip(pairs, u.tolist(), i.tolist())]
+        known = (u >= 0) & (i >= 0)
+        score = torch.full((len(pairs),), float("nan"))
+        quantile = torch.full((len(pairs),), float("nan"))
+        if bool(known.any()):
+            with torch.no_grad():
+                rows = rec.score(u[known])  # (k, I), history masked: the recommender's view of the candidates
+                s = rows.gather(1, i[known].unsqueeze(1)).squeeze(1)
+                finite = torch.isfinite(rows)
+                quantile[known] = ((rows > s.unsqueeze(1)) & finite).sum(1).float() / finite.sum(1).clamp(min=1)
+                score[known] = s
+
+        def extras(k: int, text: str) -> dict:
+            decision = parse_decision(text)
+            q = float(quantile[k])
+            verdict = None if q != q else ("yes" if q < 0.2 else "no" if q >= 0.5 else "undecided")
+            return {"decision": None if decision is None else ("yes" if decision else "no"),
+                    "recommender_score": None if q != q else float(score[k]),
+                    "recommender_top_fraction": None if q != q else round(q, 4),
+                    "recommender_decision": verdict, "history": [names[h] for h in asked[k][2]]}
+
+        return Prepared(cold_start=[not bool(k) for k in known.tolist()],
+                        embed_fn=model.embed_fn([a[1] for a in asked]), extras=extras)
+
+    return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt, prepare=prepare, model=model,
+                     info={**info, "variant": variant, "recommender": rec.kind}, known_users=users, known_items=items)

@@ -1,0 +1,44 @@
+"""Registry entry ``recexplainer``: the recommender (a ``recommender`` stage in ``RUN/recommender``), then the LLM
+aligned to it in the behaviour, intention or hybrid variant."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from explainrec.methods.base import Method, StageUse, Trained
+from explainrec.methods.recexplainer.config import RecExplainerConfig
+
+
+class RecExplainer(Method):
+    name = "recexplainer"
+    description = ("RecExplainer: an LLM aligned to a trained recommender (behaviour / intention / hybrid) explains "
+                   "that recommender's decisions (arXiv 2311.10947)")
+    config_class = RecExplainerConfig
+    has_alignment = True
+
+    def stages(self, config: RecExplainerConfig) -> list[StageUse]:
+        return [StageUse("recommender", "recommender", config.recommender_config())]
+
+    def train(self, dataset, out: Path, config: RecExplainerConfig, *, stages, resume, progress, echo) -> Trained:
+        from explainrec.methods.recexplainer.recipe import train
+
+        return train(dataset, out, config, stages["recommender"], resume=resume, progress=progress, echo=echo,
+                     method=self.name)
+
+    def load(self, folder: Path, manifest: dict, *, device=None, dtype=None):
+        from explainrec.methods.llm_method import load_tokenizer, place, run_info
+        from explainrec.methods.model_folder import read_id_maps
+        from explainrec.methods.recexplainer.explainer import recexplainer_explainer
+        from explainrec.methods.recexplainer.recipe import load_recexplainer
+
+        model, rec, names = load_recexplainer(folder, manifest)
+        model = place(model, device, dtype)
+        users, items = read_id_maps(folder)
+        return recexplainer_explainer(model, load_tokenizer(folder), rec, names, users, items,
+                                      variant=manifest["arch"]["variant"], method=self.name,
+                                      info=run_info(self.name, folder, manifest))
+
+    def alignment_report(self, run: Path, dataset, **options) -> tuple[dict, str]:
+        from explainrec.methods.recexplainer.report import alignment_report, to_markdown
+
+        report = alignment_report(run, dataset, **options)
+        return report, to_markdown(report)

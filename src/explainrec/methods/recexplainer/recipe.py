@@ -1,0 +1,136 @@
+"""RecExplainer training: the recommender (stage) -> alignment data from its answers -> the LLM aligned to it.
+
+    explainrec train recexplainer --data ../shared/data/xrec/google --out runs/recx-h variant=hybrid
+
+Run folder: ``recommender/`` (the stage), ``alignment/`` (``{variant}.train.jsonl`` / ``.test.jsonl`` +
+``manifest.json``: every row the LLM trains and is tested on, inspectable), ``checkpoint/``, ``model/`` (merged LLM,
+projectors, the recommender's tensors and item names: all an explainer needs), ``train_log.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from explainrec.data.schema import Dataset
+from explainrec.methods import llm_method
+from explainrec.methods.model_folder import ModelFolderError
+from explainrec.methods.recexplainer.config import RecExplainerConfig
+from explainrec.methods.recexplainer.modeling import RecExplainerModel
+from explainrec.train.loop_utils import seed_everything
+
+ALIGNMENT = "alignment"
+NAMES_FILE = "item_names.json"
+REC_WEIGHTS = "recommender.safetensors"
+
+
+def allowed_items(dataset: Dataset, cfg: RecExplainerConfig):
+    """The items the alignment questions may be about (None: all): see ``AlignmentSettings.named_items_only``."""
+    from explainrec.methods.recexplainer.alignment_data import named_items
+
+    if not cfg.alignment.named_items_only:
+        return None
+    named = named_items(dataset)
+    return None if named.all() or not named.any() else named
+
+
+def alignment_rows(dataset: Dataset, rec, cfg: RecExplainerConfig, out: Path, *, llm=None, tokenizer=None,
+                   echo=print) -> tuple[list[dict], list[dict]]:
+    """``(train rows, test rows)`` of the run's variant, written once into ``out/alignment`` (reused on resume)."""
+    from explainrec.methods.recexplainer.alignment_data import read_rows, replay_rows, write_alignment_data
+
+    folder = out / ALIGNMENT
+    train_file, test_file = folder / f"{cfg.variant}.train.jsonl", folder / f"{cfg.variant}.test.jsonl"
+    if not (train_file.exists() and test_file.exists() and (folder / "manifest.json").exists()):
+        a = cfg.alignment
+        replay = replay_rows(llm, tokenizer, n=a.replay, seed=cfg.seed) if a.replay and llm is not None else None
+        manifest = write_alignment_data(dataset, rec, folder, variants=(cfg.variant,), seed=cfg.seed,
+                                        max_users=a.max_users, max_items=a.max_items, holdout_frac=a.holdout_frac,
+                                        next_items_per_user=a.next_items_per_user, replay=replay,
+                                        max_title_chars=a.max_title_chars, allowed=allowed_items(dataset, cfg))
+        counts = manifest["variants"][cfg.variant]
+        echo(f"[recexplainer] alignment data ({cfg.variant}): {counts['train']} train / {counts['test']} test rows "
+             f"from the recommender's answers for {manifest['users']} users about "
+             f"{manifest['items_asked_about']} items -> {folder}")
+    return read_rows(train_file), read_rows(test_file)
+
+
+def build_model(cfg: RecExplainerConfig, llm, ids: dict, rec) -> RecExplainerModel:
+    """The LLM (+ LoRA) with the two projectors over the recommender's vectors; ``cfg.tuning`` decides what trains."""
+    from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
+    from explainrec.methods.recexplainer.modeling import configure_trainable
+    from explainrec.train.settings import apply_lora
+
+    model = RecExplainerModel.from_recommender(llm, rec, user_token_id=ids[USER_TOKEN], item_token_id=ids[ITEM_TOKEN])
+    if cfg.tuning == "lora":
+        model.llm = apply_lora(model.llm, cfg.lora)
+    configure_trainable(model, cfg.tuning)
+    return model
+
+
+def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Path, *, resume: bool = False,
+          progress: bool = True, echo=print, method: str = "recexplainer"):
+    """Align an LLM to the recommender in ``recommender`` on ``dataset``; save ``out/model``."""
+    from explainrec.methods.recexplainer.alignment_data import item_names
+    from explainrec.methods.recexplainer.explainer import recexplainer_explainer
+    from explainrec.methods.recexplainer.modeling import encode_rows, make_collate
+    from explainrec.methods.recexplainer.recommender_method import load_recommender
+
+    rec, _, _, _ = load_recommender(recommender)
+    seed_everything(cfg.seed)
+    llm, tokenizer, ids = llm_method.load_llm_for_training(cfg.model)
+    train_rows, test_rows = alignment_rows(dataset, rec, cfg, out, llm=llm, tokenizer=tokenizer, echo=echo)
+    seed_everything(cfg.seed)  # the model's init must not depend on whether the data was just built
+    model = build_model(cfg, llm, ids, rec)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    echo(f"[recexplainer] variant={cfg.variant} tuning={cfg.tuning}: {trainable / 1e6:.2f}M trainable parameters")
+    enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens)
+    rows = {"train": encode_rows(tokenizer, train_rows, **enc), "valid": encode_rows(tokenizer, test_rows, **enc)}
+    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
+                                     tag="recexplainer", collate=make_collate(tokenizer.pad_token_id))
+    names = item_names(dataset, max_title_chars=cfg.alignment.max_title_chars)
+    result = llm_method.summary(state, cfg, trainable=trainable, alignment_rows={"train": len(train_rows),
+                                                                                 "test": len(test_rows)})
+    return llm_method.finish(
+        acc, out, result, lambda: save_recexplainer(raw, tokenizer, rec, names, out / "model", cfg, dataset, method),
+        lambda: recexplainer_explainer(raw, tokenizer, rec, names, dataset.users, dataset.items, variant=cfg.variant,
+                                       method=method, info=llm_method.memory_info(method, out, cfg, dataset)))
+
+
+def save_recexplainer(model: RecExplainerModel, tokenizer, rec, names: list[str], path: Path,
+                      cfg: RecExplainerConfig, dataset: Dataset, method: str) -> Path:
+    """The merged LLM + projectors + the recommender's tensors + item names: an explainer needs nothing else."""
+    from safetensors.torch import save_file
+
+    from explainrec.train.settings import merge_lora
+
+    model.llm = merge_lora(model.llm)
+    arch = {"llm_config": model.llm.config.to_dict(), "user_token_id": model.user_token_id,
+            "item_token_id": model.item_token_id, "user_table": list(model.user_table.shape),
+            "item_table": list(model.item_table.shape), "recommender": rec.config, "variant": cfg.variant}
+    def write_more(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in rec.tensors().items()}, str(folder / REC_WEIGHTS))
+        (folder / NAMES_FILE).write_text(json.dumps(names, ensure_ascii=False), encoding="utf-8")
+
+    return llm_method.save_weights(path, method=method, config=cfg, dataset=dataset, module=model,
+                                   tokenizer=tokenizer, arch=arch, write_more=write_more)
+
+
+def load_recexplainer(folder: Path, manifest: dict):
+    """``(model, recommender, item names)`` of a model folder (float32, CPU, eval mode)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from explainrec.methods.recexplainer.recommenders import recommender_from_tensors
+
+    arch = manifest.get("arch") or {}
+    try:
+        llm = llm_method.rebuild_llm(arch["llm_config"])
+        model = RecExplainerModel(llm, torch.zeros(*arch["user_table"]), torch.zeros(*arch["item_table"]),
+                                  user_token_id=arch["user_token_id"], item_token_id=arch["item_token_id"])
+        rec = recommender_from_tensors(load_file(str(folder / REC_WEIGHTS)), arch["recommender"])
+        names = json.loads((folder / NAMES_FILE).read_text(encoding="utf-8"))
+    except (KeyError, TypeError, ValueError, OSError, SafetensorError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"{folder}: unreadable RecExplainer model folder ({err})") from None
+    llm_method.load_weights(folder, model, manifest)
+    return model.eval(), rec, names
