@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from explainrec.llm.decoding import GenerationConfig
+
 from explainrec.cli_boundary import (
     DEBUG,
     UsageError,
@@ -37,7 +39,8 @@ DATA_HELP = (
 )
 TRUST_HELP = "Allow unpickling PETER's reviews.pickle. Pickles can run code: only for files you trust."
 SPLIT_HELP = "Which split of --data: train, valid (or validation/val) or test."
-PRECISION_HELP = "Weights for generation: fp32, or int8 (dynamic int8 matmuls on CPU; faster, text may differ slightly)."
+PRECISION_HELP = ("Weights for generation: auto (int8 on CPU, the loaded dtype on a GPU), fp32, or int8 (dynamic int8 "
+                  "matmuls on CPU: about 3x faster, greedy text may differ slightly).")
 
 
 @app.callback()
@@ -188,7 +191,8 @@ def explain(
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Explain only the first N pairs of the split."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts generated together (left-padded, KV-cached)."),
+    batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1,
+                                   help="Prompts generated together (sorted by length, left-padded, KV-cached)."),
     max_new_tokens: int = typer.Option(60, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
     do_sample: bool = typer.Option(False, "--sample", help="Sample (nucleus) instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
@@ -197,17 +201,22 @@ def explain(
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalty on repeated tokens (1 = none)."),
     no_repeat_ngram_size: int = typer.Option(0, "--no-repeat-ngram", min=0, help="Forbid repeating n-grams of this size."),
     seed: int = typer.Option(0, "--seed", help="Random seed for sampling."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    decoding: Optional[Path] = typer.Option(None, "--decoding", help="A decoding.json from `explainrec tune-decoding` "
+                                            "(settings chosen on the valid split); replaces the decoding options above."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`), or for one pair."""
-    from explainrec.llm.decoding import GenerationConfig
     from explainrec.methods.explain import explain_split, normalise_split
 
     generation = GenerationConfig.from_dict(dict(
         batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
         top_p=top_p, num_beams=num_beams, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, seed=seed), "generation")
+    if decoding is not None:
+        from explainrec.methods.decoding_search import read_decoding
+
+        generation = read_decoding(decoding).replace(batch_size=batch_size)
     _check_precision(precision)
     one_pair = any(v is not None for v in (user, item, pair_file))
     if one_pair:
@@ -232,8 +241,10 @@ def explain(
 
 
 def _check_precision(precision: str) -> None:
-    if precision not in ("fp32", "int8"):
-        raise UsageError(f"--precision {precision!r}: expected fp32 or int8")
+    from explainrec.methods.model_folder import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def _one_pair(user, item, pair_file, texts: dict, data, trust_pickle):
@@ -311,6 +322,38 @@ def evaluate(
     typer.echo(f"\nwrote {json_path} and {md_path}")
 
 
+@app.command("tune-decoding")
+@boundary
+def tune_decoding(
+    run: str = typer.Argument(..., help="A run folder (or, with a method that needs no training, --method)."),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    method: Optional[str] = typer.Option(None, "--method", help="As for explain (zero-shot: RUN is the LLM)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write decoding.json (default: RUN/decoding.json)."),
+    limit: int = typer.Option(100, "--limit", min=1, help="Validation pairs each candidate explains."),
+    rule: str = typer.Option("rougeL+bertscore", "--rule", help="What to maximise: rougeL+bertscore (mean), rougeL, bleu4."),
+    bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Score with BERTScore too (embedded MiniLM)."),
+    batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Prompts generated together."),
+    max_new_tokens: int = typer.Option(80, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """Choose the decoding settings on the valid split (greedy, repetition penalty, n-gram blocking, beams, sampling),
+    never on test; write them to decoding.json for `explainrec explain --decoding`."""
+    from explainrec.io import atomic_write_json
+    from explainrec.methods.decoding_search import choose_decoding
+
+    _check_precision(precision)
+    target = out if out is not None else Path(run) / "decoding.json"
+    check_output_file(target)
+    explainer = _open_explainer(run, method, precision)
+    record = choose_decoding(explainer, _load_data(data, trust_pickle),
+                             GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens), limit=limit,
+                             rule=rule, bertscore=bertscore, echo=typer.echo)
+    atomic_write_json(target, record)
+    typer.echo(f"chosen on {record['pairs']} validation pairs ({record['rule']}): {record['chosen'] or 'greedy'}\n"
+               f"wrote {target}")
+
+
 @app.command("evaluate-alignment")
 @boundary
 def evaluate_alignment(
@@ -378,7 +421,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for both runs and the comparison table."),
     model: str = typer.Option("smollm2-135m", "--model", help="LLM: embedded default, HF id, local folder, or 'tiny'."),
     n: int = typer.Option(16, "--n", min=1, help="Test pairs to explain (the same pairs for both methods)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Generation batch size."),
+    batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Generation batch size."),
     steps: int = typer.Option(12, "--steps", min=1, help="GaVaMoE stage-2 training steps."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compute BERTScore (embedded MiniLM)."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo both runs even if --out holds finished ones."),
@@ -433,7 +476,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. The default is reachable from this "
                              "machine only; anything else exposes the server (then use --api-key-env)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     max_batch: int = typer.Option(16, "--max-batch", min=1, max=256, help="Most requests generated together in one "
                                   "batch (1 = one at a time)."),
     max_wait_ms: float = typer.Option(20.0, "--max-wait-ms", min=0.0, max=10_000.0, help="How long the oldest waiting "

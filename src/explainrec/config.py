@@ -65,17 +65,18 @@ class Config:
         """Build from a (possibly partial) mapping; missing keys keep their defaults."""
         data = {} if data is None else data
         if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+            raise ConfigError(f"{where or 'settings'}: expected a mapping of settings, got {type(data).__name__}")
         hints = _hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in hints]
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(names)}")
-        kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(f"{prefix}unknown key(s) {unknown}; allowed: {', '.join(names)}")
+        kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
         try:
             return cls(**kwargs)
         except ConfigError as err:  # raised by validate(): "field: message"
-            raise ConfigError(f"{where}.{err}") from None
+            raise ConfigError(f"{where}.{err}" if where else str(err)) from None
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -76,7 +76,7 @@ def run_demo(
     *,
     model_name: str = "smollm2-135m",
     n: int = 16,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_new_tokens: int = 48,
     steps: int = 12,
     bertscore: bool = True,
@@ -106,7 +106,7 @@ def run_demo(
         if fresh and run_dir.exists():
             shutil.rmtree(run_dir)
         if (run_dir / "done.json").exists() and (run_dir / "run.json").exists() \
-                and json.loads((run_dir / "run.json").read_text()) == spec.to_dict():
+                and spec.matches(json.loads((run_dir / "run.json").read_text())):
             reused.append(method)
         echo(f"\n[demo] {LABELS[method]} -> {run_dir}")
         t = time.perf_counter()

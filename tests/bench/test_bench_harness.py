@@ -244,3 +244,18 @@ def test_sigterm_stops_the_bench_like_ctrl_c(tmp_path, monkeypatch, write_config
     assert signal.getsignal(signal.SIGTERM) is before
     log = json.loads((tmp_path / "out" / "bench_log.jsonl").read_text().splitlines()[-1])
     assert log["interrupted"] and log["done"] == 0
+
+
+def test_decoding_chosen_on_valid_then_applied_to_test(tmp_path, write_config):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"],
+                          tune_decoding={"limit": 3, "rule": "rougeL"}, experiments={"decoding": ["zero-shot"]})
+    result = harness.run_bench(config, **QUIET)
+    assert [o.status for o in result.outcomes] == ["done"], [o.error for o in result.outcomes]
+    run = tmp_path / "out" / "synthetic" / "zero-shot" / "seed0"
+    record = json.loads((run / "decoding.json").read_text())
+    assert record["split"] == "valid" and record["pairs"] == 3 and len(record["tried"]) == 6
+    assert record["chosen"] == max(record["tried"], key=lambda t: t["score"])["settings"]
+    done = json.loads((run / "done.json").read_text())
+    assert done["tuned"]["chosen"] == record["chosen"] and "rougeL" in done["tuned"]["metrics"]
+    assert len((run / "predictions_tuned.jsonl").read_text().splitlines()) == done["n"]
+    assert "## Decoding chosen on the validation split" in (tmp_path / "out" / "report.md").read_text()

@@ -107,3 +107,16 @@ def test_demo_compares_gavamoe_with_zero_shot(tmp_path):
     assert "2 stage-2 steps" in out  # bounded by steps: all of them run, however busy the machine
     again = _ok("demo", "--model", "tiny", "--n", "4", "--steps", "2", "--out", tmp_path / "demo")
     assert "reused the finished run(s) zero-shot, gavamoe" in again and header in again
+
+
+def test_tune_decoding_then_explain_with_it(tmp_path):
+    record_path = tmp_path / "decoding.json"
+    out = _ok("tune-decoding", "tiny", "--method", "zero-shot", "--data", DATA, "--limit", "3", "--no-bertscore",
+              "--max-new-tokens", "5", "--out", record_path)
+    record = json.loads(record_path.read_text())
+    assert "chosen on 3 validation pairs" in out and record["split"] == "valid"
+    assert [t["settings"] for t in record["tried"]][0] == {}  # greedy is always a candidate
+    preds = tmp_path / "p.jsonl"
+    _ok("explain", "--method", "zero-shot", "--model", "tiny", "--data", DATA, "--limit", "2", "--out", preds,
+        "--decoding", record_path)
+    assert len(preds.read_text().splitlines()) == 2

@@ -22,7 +22,7 @@ chart), ``gates`` (Table 3: cluster sizes and metrics per number of clusters K),
 user-activity bucket ds1/ds2/ds3), ``latent`` (Figure 5: each run's stage-1 latent plot). ``description`` (free text)
 opens the report; ``jobs`` (default 1) is how many runs go at once, each in its own process (``--jobs``
 overrides it); ``keep_checkpoints: false`` deletes a run's training checkpoint (weights + optimizer state, the
-largest files) once the run is done; ``precision`` (fp32 | int8) sets the generation weights; ``alignment``
+largest files) once the run is done; ``precision`` (auto = int8 on CPU | fp32 | int8) sets the generation weights; ``alignment``
 (``limit``, ``explanations``, ``zero_shot``) sets how runs of a method aligned to a recommender (RecExplainer) are
 evaluated against it (experiment kind ``alignment``: the paper's Table 1 and the explanation checks). Any registered
 method may be a run's ``method`` (``explainrec methods``), stage-only ones too (e.g. ``vae-gmm``: GaVaMoE's stage 1
@@ -42,8 +42,8 @@ from explainrec.config import ConfigError
 from explainrec.config import merge_dicts
 
 TOP_KEYS = {"name", "description", "out", "datasets", "seeds", "split", "limit", "bertscore", "generation", "defaults",
-            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment"}
-EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment")
+            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment", "tune_decoding"}
+EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment", "decoding")
 
 
 @dataclass
@@ -107,6 +107,9 @@ def load_config(path: str | Path) -> dict:
     from explainrec.llm.decoding import GenerationConfig
 
     GenerationConfig.from_dict(cfg.get("generation") or {}, f"{path}: generation")
+    tune = cfg.get("tune_decoding") or {}
+    if not isinstance(tune, dict) or set(tune) - {"limit", "rule"}:
+        raise ConfigError(f"{path}: tune_decoding: expected a mapping with keys among ['limit', 'rule']")
     alignment = cfg.get("alignment") or {}
     allowed = {"limit", "explanations", "zero_shot", "catalogue_max", "max_new_tokens"}
     if not isinstance(alignment, dict) or set(alignment) - allowed:
@@ -156,8 +159,9 @@ def plan(cfg: dict) -> list[PlannedRun]:
                 try:
                     spec = RunSpec(data=str(data), method=run["method"], seed=int(seed), options=options,
                                    generation=dict(cfg.get("generation") or {}), split=cfg.get("split", "test"),
-                                   limit=cfg.get("limit"), precision=cfg.get("precision", "fp32"),
-                                   alignment=dict(cfg.get("alignment") or {}))
+                                   limit=cfg.get("limit"), precision=cfg.get("precision", "auto"),
+                                   alignment=dict(cfg.get("alignment") or {}),
+                                   tune_decoding=dict(cfg.get("tune_decoding") or {}))
                 except ConfigError as exc:
                     raise ConfigError(f"{path}: runs.{run_name}: {exc}") from None
                 spec.config(f"{path}: runs.{run_name}.options")  # every run's settings checked before any run starts

@@ -37,16 +37,19 @@ class RunSpec:
     generation: dict = field(default_factory=dict)  # explainrec.llm.decoding.GenerationConfig keys
     split: str = "test"
     limit: int | None = None  # explain only the first N pairs of the split
-    precision: str = "fp32"  # generation weights: fp32 | int8
+    precision: str = "auto"  # generation weights: auto (int8 on CPU) | fp32 | int8
     alignment: dict = field(default_factory=dict)  # alignment_report options (methods with has_alignment)
+    tune_decoding: dict = field(default_factory=dict)  # {limit, rule}: also explain with settings chosen on valid
 
     def __post_init__(self) -> None:
         from explainrec.llm.decoding import GenerationConfig
 
         self.method_entry()  # unknown method -> ConfigError listing the known ones
         GenerationConfig.from_dict(self.generation, "generation")
-        if self.precision not in ("fp32", "int8"):
-            raise ConfigError(f"precision: {self.precision!r} is not one of fp32, int8")
+        from explainrec.methods.model_folder import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
     def method_entry(self):
         from explainrec.methods import registry
@@ -68,6 +71,17 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), sort_keys=True))  # plain JSON types, so saved == fresh
+
+    def matches(self, saved: dict) -> bool:
+        """Whether a saved ``run.json`` describes this run; keys it lacks take their defaults, so a field added to
+        RunSpec later does not turn every finished run stale."""
+        import dataclasses
+
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(self)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        full = json.loads(json.dumps({**defaults, **saved}, sort_keys=True))
+        return full == self.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -162,7 +176,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     run_dir = Path(run_dir)
     wanted = spec.to_dict()
     spec_path = run_dir / "run.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()) != wanted:
+    if spec_path.exists() and not spec.matches(json.loads(spec_path.read_text())):
         echo(f"[bench] {run_dir}: settings changed since it ran; starting it again")
         shutil.rmtree(run_dir)
     done_path = run_dir / "done.json"
@@ -195,6 +209,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     t2 = time.perf_counter()
     result = evaluate(load_predictions(run_dir / "predictions.jsonl"), bertscore=bertscore)
     save_report(result, run_dir / "metrics.json", title=f"{spec.method} on {spec.data} ({spec.split})")
+    tuned = _tuned(spec, dataset, run_dir, bertscore, echo) if spec.tune_decoding else None
     method = spec.method_entry()
     if method.has_alignment and not (run_dir / "alignment.json").exists():
         from explainrec.io import atomic_write_text
@@ -212,6 +227,36 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         "generation": json.loads(gen_path.read_text()),
         "seconds_this_call": {"train": round(t1 - t0, 1), "explain": round(t2 - t1, 1),
                               "evaluate": round(time.perf_counter() - t2, 1)},
+        **({"tuned": tuned} if tuned else {}),
     }
     atomic_write_json(done_path, done)
     return done
+
+
+def _tuned(spec: RunSpec, dataset, run_dir: Path, bertscore: bool, echo) -> dict:
+    """Decoding chosen on the valid split (``RUN/decoding.json``), then the split explained once with it
+    (``predictions_tuned.jsonl``, ``metrics_tuned.json``); returns what done.json records."""
+    from explainrec.io import atomic_write_json
+    from explainrec.methods.decoding_search import choose_decoding, read_decoding
+    from explainrec.methods.explain import explain_split
+    from explainrec.methods.model_folder import load_run
+    from explainrec.metrics import evaluate, save_report
+    from explainrec.metrics.predictions import load_predictions
+
+    options = dict(spec.tune_decoding)
+    explainer = None
+    if not (run_dir / "decoding.json").exists():
+        explainer = load_run(run_dir, precision=spec.precision)
+        record = choose_decoding(explainer, dataset, spec.generation_config(), limit=options.get("limit", 100),
+                                 rule=options.get("rule", "rougeL+bertscore"), bertscore=bertscore, echo=echo)
+        atomic_write_json(run_dir / "decoding.json", record)
+    record = json.loads((run_dir / "decoding.json").read_text())
+    preds = run_dir / "predictions_tuned.jsonl"
+    if not preds.exists():
+        explainer = explainer or load_run(run_dir, precision=spec.precision)
+        explain_split(explainer, dataset, spec.split, limit=spec.limit, out=preds,
+                      generation=read_decoding(run_dir / "decoding.json"), progress=False)
+    result = evaluate(load_predictions(preds), bertscore=bertscore)
+    save_report(result, run_dir / "metrics_tuned.json", title=f"{spec.method}, decoding chosen on valid")
+    return {"chosen": record["chosen"], "rule": record["rule"], "metrics": result["metrics"],
+            "std": result.get("std", {})}

@@ -17,7 +17,7 @@ def run_state(p: PlannedRun) -> str:
     spec_path = p.run_dir / "run.json"
     if spec_path.exists():
         try:
-            same = json.loads(spec_path.read_text()) == p.spec.to_dict()
+            same = p.spec.matches(json.loads(spec_path.read_text()))
         except json.JSONDecodeError:
             same = False
         if not same:

@@ -10,7 +10,7 @@ from explainrec.config import Config, option
 class GenerationConfig(Config):
     """How explanations are decoded. Greedy by default: deterministic, and what the papers report."""
 
-    batch_size: int = option(8, "prompts generated together (left-padded, KV-cached)", min=1)
+    batch_size: int = option(32, "prompts generated together (sorted by length, left-padded, KV-cached)", min=1)
     max_new_tokens: int = option(60, "longest explanation, in tokens", min=1, max=4096)
     min_new_tokens: int = option(0, "shortest explanation (eos suppressed until then; 0 = off; for timing)", min=0)
     do_sample: bool = option(False, "sample (nucleus) instead of greedy decoding")

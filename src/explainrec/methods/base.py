@@ -90,7 +90,14 @@ class Method:
             from explainrec.config import parse_overrides
 
             overrides = parse_overrides(overrides)
-        return cls.config_class.from_dict(merge_dicts(data, overrides or {}), label)
+        if not overrides:
+            return cls.config_class.from_dict(data, label)
+        cls.config_class.from_dict(data, label)  # the file alone must be valid: an error past this is the settings'
+        try:
+            return cls.config_class.from_dict(merge_dicts(data, overrides), "")
+        except ConfigError as err:
+            on_top = f" (on top of {label})" if preset is not None else ""
+            raise ConfigError(f"key=value settings: {err}{on_top}") from None
 
     # ------------------------------------------------------------------ the contract
 
@@ -123,13 +130,16 @@ class Prepared:
     ``embed_fn(input_ids, index)`` and ``batch_context(input_ids, index)`` are the hooks of
     :func:`explainrec.llm.generate.generate_texts`; ``extras(i, text)`` is called after generation (so it can
     report what the generation did, e.g. GaVaMoE's most used experts, or read the text, e.g. RecExplainer's
-    yes/no) and adds fields to pair ``i``'s row.
+    yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as they are: the
+    shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the method can vouch
+    for.
     """
 
     cold_start: list[bool]
     embed_fn: Callable | None = None
     batch_context: Callable[..., AbstractContextManager] | None = None
     extras: Callable[[int, str], dict] = field(default=lambda i, text: {})
+    generate_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +180,7 @@ class Explainer:
         prompts = [render_prompt(self.tokenizer, self.prompt(p)) for p in pairs]
         texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress,
                                embed_fn=prepared.embed_fn, batch_context=prepared.batch_context,
-                               streamer_for=streamer_for, **generation.generate_kwargs())
+                               streamer_for=streamer_for, **prepared.generate_options, **generation.generate_kwargs())
         return [{"user": p.user, "item": p.item, "prediction": text, "cold_start": bool(cold), **prepared.extras(i, text)}
                 for i, (p, text, cold) in enumerate(zip(pairs, texts, prepared.cold_start))]
 

@@ -45,6 +45,8 @@ def fit(model: torch.nn.Module, rows: dict[str, list[dict]], tokenizer, cfg, out
     from explainrec.train.loop import make_accelerator, run_loop
 
     acc = acc or make_accelerator(cfg.grad_accum)
+    if hasattr(model, "targets_only"):  # the method's model computes its loss through explainrec.llm.loss
+        model.targets_only = getattr(cfg, "target_logits_only", True)
     raw, state = run_loop(model, rows["train"], rows["valid"], collate or make_collate(tokenizer.pad_token_id), cfg,
                           out, acc=acc, extra=extra, resume=resume, progress_bar=progress, echo=echo, tag=tag)
     return raw, state, acc

@@ -15,9 +15,11 @@ _ENTRIES = {
     "gavamoe": "explainrec.methods.gavamoe.method:GaVaMoE",
     "xrec": "explainrec.methods.xrec.method:XRec",
     "recexplainer": "explainrec.methods.recexplainer.method:RecExplainer",
+    "mmp-refer": "explainrec.methods.mmp_refer.method:MMPRefer",
     "vae-gmm": "explainrec.methods.gavamoe.stage1_method:VaeGmmStage",
     "lightgcn": "explainrec.methods.xrec.lightgcn_method:LightGCNStage",
     "recommender": "explainrec.methods.recexplainer.recommender_method:RecommenderStage",
+    "mmp-graph": "explainrec.methods.mmp_refer.graph_method:MMPGraphStage",
 }
 
 

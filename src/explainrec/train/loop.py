@@ -44,6 +44,36 @@ class LoopSettings(Protocol):
     def to_dict(self) -> dict: ...
 
 
+class LengthBuckets(torch.utils.data.Sampler):
+    """Shuffled batches of similar lengths, so a batch carries little padding.
+
+    Each epoch: a seeded shuffle of all rows, cut into windows of ``window`` batches; each window sorted by length
+    and cut into batches; the batch order shuffled again. Every row is still seen once per epoch in a random batch
+    order, but its batch mates have about its length. Deterministic per generator state (resume-safe).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, window: int, generator: torch.Generator) -> None:
+        self.lengths, self.batch_size, self.window, self.generator = lengths, batch_size, window, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.batch_size * self.window
+        batches = []
+        for lo in range(0, len(perm), span):
+            chunk = sorted(perm[lo: lo + span], key=lambda i: self.lengths[i])
+            batches += [chunk[j: j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
+def _row_length(row) -> int:
+    enc = row.get("enc") if isinstance(row, dict) else None
+    return len(enc.input_ids) if enc is not None else 0
+
+
 def _on_cpu() -> bool:
     """Processes without a GPU run data-parallel on the CPU (gloo) when launched several at once."""
     from accelerate.utils import parse_flag_from_env
@@ -105,8 +135,13 @@ def run_loop(
     if resume and checkpoint_exists(ckpt_dir):  # an incomplete or damaged one raises CheckpointError
         state = load_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, expected_config=cfg.to_dict(),
                                 ignore_config_keys=getattr(cfg, "RESUMABLE", RESUMABLE_KEYS), generators={"extra": gen})
-        state["budget_hit"] = False
         echo(f"[{tag}] resumed from {ckpt_dir}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}")
+        # the budget is judged against this call's settings (a resume may raise it); a spent one takes no step more
+        state["budget_hit"] = ((cfg.max_steps is not None and state["step"] >= cfg.max_steps)
+                               or (cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes))
+        if state["budget_hit"]:
+            echo(f"[{tag}] the budget is already spent (step {state['step']}, {state['seconds'] / 60:.1f} min): "
+                 "nothing to train; raise max_steps / max_minutes to continue")
 
     def checkpoint() -> None:
         if acc.is_main_process:
@@ -116,8 +151,14 @@ def run_loop(
     while state["epoch"] < cfg.epochs and not state["budget_hit"]:
         epoch = state["epoch"]
         order = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = acc.prepare(torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True,
-                                                         generator=order, collate_fn=collate_fn))
+        buckets = getattr(cfg, "length_buckets", 0)
+        if buckets:
+            sampler = LengthBuckets([_row_length(r) for r in train_rows], cfg.batch_size, buckets, order)
+            data = torch.utils.data.DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate_fn)
+        else:
+            data = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=order,
+                                               collate_fn=collate_fn)
+        loader = acc.prepare(data)
         skip = state["batch_in_epoch"]
         batches = acc.skip_first_batches(loader, skip) if skip else loader
         model.train()
@@ -144,6 +185,14 @@ def run_loop(
                 echo(f"[{tag}] step {row['step']} loss {row['loss']:.4f} nll {row.get('nll', float('nan')):.4f} ({row['seconds']:.0f}s)")
             if state["step"] % cfg.checkpoint_every == 0:
                 checkpoint()
+            every = getattr(cfg, "valid_every", 0)
+            if every and valid_rows and state["step"] % every == 0:  # a learning curve: NLL against pairs seen
+                checkpoint()
+                v = validation_loss(model, valid_rows, collate_fn, cfg.batch_size, acc, extra=extra)
+                state["valid"].append({"step": state["step"], "epoch": epoch, "pairs": state["step"] *
+                                       cfg.batch_size * cfg.grad_accum * acc.num_processes, **v})
+                echo(f"[{tag}] validation at step {state['step']}: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+                checkpoint()
             over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
             if acc.num_processes > 1:  # clocks differ between processes: all must stop at the same step
                 flag = torch.tensor(float(over_time), device=acc.device)
@@ -157,9 +206,10 @@ def run_loop(
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
         checkpoint()  # before validation: whatever happens there, the steps just taken are kept
-        if valid_rows:
+        if valid_rows and not (state["valid"] and state["valid"][-1]["step"] == state["step"]):
             v = validation_loss(model, valid_rows, collate_fn, cfg.batch_size, acc, extra=extra)
-            state["valid"].append({"step": state["step"], "epoch": state["epoch"], **v})
+            state["valid"].append({"step": state["step"], "epoch": state["epoch"], "pairs": state["step"] *
+                                   cfg.batch_size * cfg.grad_accum * acc.num_processes, **v})
             echo(f"[{tag}] validation: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
         checkpoint()
     if acc.is_main_process:

@@ -43,7 +43,13 @@ class LLMTrainConfig(Config):
     max_valid_pairs: int | None = option(None, "validate on the first N valid pairs (null = all)", min=1)
     max_prompt_tokens: int = option(384, "prompt tokens kept (the oldest are cut)", min=8)
     max_target_tokens: int = option(96, "explanation tokens trained on", min=2)
+    length_buckets: int = option(0, "sort each window of N batches by length before batching, so batches hold "
+                                 "little padding (0 = a plain shuffle)", min=0)
+    target_logits_only: bool = option(True, "apply the output head to the explanation tokens only (same loss, "
+                                      "less work; false = the transformers path)")
     checkpoint_every: int = option(100, "optimizer steps between checkpoints (one is also written at every stop)", min=1)
+    valid_every: int = option(0, "optimizer steps between validations, for a learning curve (0 = at the end of "
+                              "each epoch and at a budget stop only)", min=0)
     log_every: int = option(10, "optimizer steps between log lines", min=1)
     seed: int = option(0, "random seed (data order, initialisation, sampling)")
     lora: LoraConfig = option(LoraConfig, "LoRA adapters")

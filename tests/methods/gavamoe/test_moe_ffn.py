@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from explainrec.llm.surgery import moe_upcycle
+from explainrec.methods.gavamoe.surgery import moe_upcycle
 from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE, collect_expert_usage, upcycle_slices
 from explainrec.methods.gavamoe.routing import current_routing, routing
 
@@ -424,3 +424,67 @@ def test_gradient_checkpointing_needs_backward_inside_the_block():
         out = model(input_ids=ids, labels=ids, use_cache=False)
     with pytest.raises(RuntimeError, match="backward"):
         out.loss.backward()
+
+
+# ---------------------------------------------------------------------------------------------------- int8 (CPU)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("dispatch", ["dense", "grouped", "loop", "auto"])
+def test_int8_experts_equal_float_within_tolerance(dispatch, monkeypatch):
+    from explainrec.llm import quantize
+    from explainrec.methods.gavamoe import moe_ffn
+
+    torch.manual_seed(3)
+    moe = MultiGatedMoE.from_dense(dense_mlp(), n_experts=4, top_k=2, n_gates=3, expert_size=I // 2,
+                                   router_init_std=0.5)
+    x = torch.randn(3, 16, H)  # 48 tokens: above INT8_DENSE_MAX_TOKENS, so auto takes the grouped path
+    assert x.shape[0] * x.shape[1] > moe_ffn.INT8_DENSE_MAX_TOKENS
+    with routing([0, 2, 1]):
+        ref = moe(x)
+        moe.experts.quantize_int8()
+        moe.dispatch = dispatch
+        calls = []
+        real = quantize.int8_matmul
+        monkeypatch.setattr(quantize, "int8_matmul", lambda *a: calls.append(a[2].shape) or real(*a))
+        got = moe(x)
+        prefill_calls = len(calls)
+        decode = moe(x[:, :1])  # 3 tokens, a decoding step
+        step_calls = len(calls) - prefill_calls
+        step_experts = len(set(moe.router(x[:, :1], torch.tensor([0, 2, 1])).topk(2).indices.reshape(-1).tolist()))
+    assert moe.experts.int8 and moe.experts.n_experts == 4
+    assert not any(isinstance(p, torch.nn.Parameter) and p.dim() == 3 for p in moe.experts.parameters())
+    assert _rel(got, ref) < 0.03
+    assert _rel(decode, ref[:, :1]) < 0.03
+    # grouped (also "loop", and "auto" above the threshold): a gate/up and a down matmul per expert (48 tokens use
+    # all 4); dense: two matmuls for all experts. A decoding step under "auto" is dense.
+    assert prefill_calls == (2 if dispatch == "dense" else 2 * 4)
+    assert step_calls == (2 if dispatch in ("dense", "auto") else 2 * step_experts)
+
+
+def test_quantize_for_cpu_finds_the_moe_experts_and_routing_still_works():
+    from explainrec.llm.quantize import Int8Linear, quantize_for_cpu
+
+    model = tiny_moe_model(n_clusters=3, router_init_std=1.0)
+    ids = torch.randint(3, 100, (3, 7))
+    clusters = torch.tensor([2, 0, 1])
+    with torch.no_grad(), routing(clusters):
+        ref = model(input_ids=ids).logits
+    report = quantize_for_cpu(model, "int8")
+    assert len(report.self_quantized) == 2 and all(n.endswith("mlp.experts") for n in report.self_quantized)
+    assert quantize_for_cpu(model, "int8").self_quantized == []  # already int8: a second call changes nothing
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Int8Linear)
+    collect_expert_usage(model, reset=True)
+    with torch.no_grad(), routing(clusters, track_samples=True) as state:
+        got = model(input_ids=ids).logits
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                             pad_token_id=0)
+    assert _rel(got, ref) < 0.05
+    assert out.shape == (3, 11)
+    usage = collect_expert_usage(model)
+    assert all(int(u.sum()) > 0 for u in usage.values()) and state.sample_usage.sum() > 0
+    with torch.no_grad(), routing(torch.tensor([0, 0, 0])):
+        assert _rel(model(input_ids=ids).logits, got) > 0.05  # gates still matter after quantisation

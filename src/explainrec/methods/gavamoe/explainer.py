@@ -26,21 +26,39 @@ def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, i
             clusters = model.clusters(user, item)
         n_experts = _n_experts(model)
         usage = torch.zeros(len(pairs), max(n_experts, 1), dtype=torch.long)
+        prefix_usage: dict[int, torch.Tensor] = {}  # gate -> expert counts of the shared prompt prefix, run once per gate
+        pad = tokenizer.pad_token_id
 
         @contextmanager
-        def batch_context(_ids: torch.Tensor, index: torch.Tensor):
-            with routing(clusters[index], track_samples=n_experts > 0) as state:
+        def batch_context(ids: torch.Tensor, index: torch.Tensor):
+            # padding is left out of the counts: where it sits depends on how the batch was laid out
+            mask = (ids != pad).long() if pad is not None else None
+            with routing(clusters[index], token_mask=mask, track_samples=n_experts > 0) as state:
                 yield
             if state.sample_usage is not None:
                 usage[index.cpu()] += state.sample_usage.cpu()
 
-        def extras(i: int, _text: str) -> dict:
-            top = usage[i].topk(min(TOP_EXPERTS, n_experts)).indices.tolist() if n_experts else []
-            return {"cluster": int(clusters[i]), "top_experts": top}
+        @contextmanager
+        def prefix_context(_ids: torch.Tensor, index: torch.Tensor):
+            with routing(clusters[index], track_samples=n_experts > 0) as state:
+                yield
+            if state.sample_usage is not None:
+                for row, gate in enumerate(clusters[index].tolist()):
+                    prefix_usage[gate] = state.sample_usage[row].cpu()
 
+        def extras(i: int, _text: str) -> dict:
+            if not n_experts:
+                return {"cluster": int(clusters[i]), "top_experts": []}
+            counts = usage[i] + prefix_usage.get(int(clusters[i]), 0)
+            return {"cluster": int(clusters[i]), "top_experts": counts.topk(min(TOP_EXPERTS, n_experts)).indices.tolist()}
+
+        # the prompt prefix before the soft tokens is the same text for every pair, but its hidden states differ by
+        # gate: it is run once per cluster and its expert counts are added to every pair of that cluster
         return Prepared(cold_start=[bool(u < 0 or it < 0) for u, it in zip(user.tolist(), item.tolist())],
                         embed_fn=lambda ids, index: model.embed(ids, user[index], item[index]),
-                        batch_context=batch_context, extras=extras)
+                        batch_context=batch_context, extras=extras,
+                        generate_options={"prefix_group": lambda index: clusters[index],
+                                          "prefix_context": prefix_context})
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=gavamoe_prompt, prepare=prepare,
                      model=model, info=info, known_users=users, known_items=items)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from explainrec.llm.loss import causal_lm_nll
 from explainrec.llm.soft_tokens import ITEM_TOKEN, USER_TOKEN, add_placeholder_tokens, splice
 from explainrec.methods.gavamoe.routing import routing
 from explainrec.methods.gavamoe.vae_gmm import VaeGmm
@@ -66,6 +67,7 @@ class GaVaMoE(nn.Module):
         self.user_token_id, self.item_token_id = int(user_token_id), int(item_token_id)
         self.alpha, self.beta, self.multi_gate = float(alpha), float(beta), multi_gate
         self.load_balance_coef, self.router_z_coef = float(load_balance_coef), float(router_z_coef)
+        self.targets_only = True  # the output head on the explanation tokens only (explainrec.llm.loss)
         hidden = llm.get_input_embeddings().weight.shape[1]
         width = vae.user_emb.embedding_dim
         self.user_proj = nn.Linear(width, hidden)
@@ -114,10 +116,11 @@ class GaVaMoE(nn.Module):
         add the interaction-vector term of eq. 7 that stage 1 also trains on."""
         clusters = self.clusters(user, item)
         with routing(clusters, token_mask=attention_mask, collect_aux=True) as ctx:
-            out = self.llm(inputs_embeds=self.embed(input_ids, user, item), attention_mask=attention_mask, labels=labels)
+            nll = causal_lm_nll(self.llm, inputs_embeds=self.embed(input_ids, user, item), attention_mask=attention_mask,
+                                labels=labels, targets_only=self.targets_only)
             aux = ctx.aux_parts()
-        parts = {"nll": out.loss}
-        loss = (1.0 - self.alpha) * out.loss
+        parts = {"nll": nll}
+        loss = (1.0 - self.alpha) * nll
         if self.alpha > 0:
             rating = None if self.vae.likelihood == "bernoulli" or target is None or target.isnan().any() else target.float()
             elbo = self.vae.elbo(user, item, rating, self.beta, context_items=context_items, negative_items=negative_items)

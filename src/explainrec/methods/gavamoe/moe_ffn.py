@@ -23,7 +23,7 @@ which then equal the dense FFN for any routing (sparse upcycling). ``init="rando
 experts from N(0, 0.02) and uses ``output_scale = 1`` (eq. 11 as printed).
 
 Defaults for SmolLM2-135M (hidden 576, intermediate 1536, 30 layers) and the paper's LLaMA-3.1-8B: see
-:func:`explainrec.llm.surgery.moe_upcycle`.
+:func:`explainrec.methods.gavamoe.surgery.moe_upcycle`.
 
 Shape letters: B batch, T tokens, H hidden, K gates (clusters), E experts, I expert intermediate size,
 N = B*T tokens, k experts per token.
@@ -42,6 +42,10 @@ _DISPATCH_MODES = ("auto", "grouped", "loop", "dense")
 # as fast or faster at every size (benchmarks/bench_gavamoe_step.py --dispatch): it reads only the experts chosen,
 # which at batch 1 halves the weights a decoding step reads.
 DENSE_DISPATCH_MAX_TOKENS = 64
+# int8 experts (after ``quantize_int8``): at most this many tokens, "auto" runs all experts in two int8 matmuls
+# (2x the arithmetic of top-4 of 8, but 2 kernel calls instead of 2 per expert); above, one int8 matmul pair per
+# expert on its routed tokens. Measured on SmolLM2's 8 x 384 experts, one thread (benchmarks/bench_generation.py).
+INT8_DENSE_MAX_TOKENS = 32
 
 
 def upcycle_slices(dense_size: int, n_experts: int, expert_size: int) -> torch.Tensor:
@@ -139,7 +143,40 @@ class StackedSwiGLUExperts(nn.Module):
 
     @property
     def n_experts(self) -> int:
-        return self.gate_proj.shape[0]
+        return self._n_experts if self.int8 else self.gate_proj.shape[0]
+
+    @property
+    def int8(self) -> bool:
+        """True after :meth:`quantize_int8`: the float weights are gone and every dispatch runs int8 matmuls."""
+        return "gate_up_int8" in self._buffers
+
+    @torch.no_grad()
+    def quantize_int8(self) -> None:
+        """Replace the float expert weights by int8 ones for CPU inference (called by
+        :func:`explainrec.llm.quantize.quantize_for_cpu`); irreversible, and nothing trains afterwards.
+
+        Layout, chosen so both int8 dispatches read the same tensors: ``gate_up_int8 (E*2I, H)`` holds expert e's
+        gate rows then its up rows at ``[e*2I, (e+1)*2I)`` (one matmul gives both), one scale per row;
+        ``down_int8 (H, E*I)`` holds expert e's down weight in columns ``[e*I, (e+1)*I)`` with one scale per output
+        row shared by all experts, so the dense dispatch is a single matmul over the concatenated hidden states
+        (upcycled experts are column slices of one dense down matrix, so a shared row scale costs no precision).
+        """
+        if self.int8:
+            return
+        from explainrec.llm.quantize import quantize_weight
+
+        n_experts, expert_size, hidden = self.gate_proj.shape
+        gate_up = torch.cat([self.gate_proj, self.up_proj], dim=1).reshape(n_experts * 2 * expert_size, hidden)
+        down = self.down_proj.permute(1, 0, 2).reshape(hidden, n_experts * expert_size)  # (H, E*I)
+        gu_q, gu_s = quantize_weight(gate_up)
+        down_q, down_s = quantize_weight(down)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            delattr(self, name)
+        self._n_experts, self._expert_size = n_experts, expert_size
+        self.register_buffer("gate_up_int8", gu_q)
+        self.register_buffer("gate_up_scale", gu_s)
+        self.register_buffer("down_int8", down_q)
+        self.register_buffer("down_scale", down_s)
 
     def forward(
         self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor, dispatch: str = "auto"
@@ -156,6 +193,8 @@ class StackedSwiGLUExperts(nn.Module):
         Returns:
             ``(N, H)``.
         """
+        if self.int8:
+            return self._int8(x, topk_idx, weights, dispatch)
         if dispatch == "auto":
             if x.device.type == "cpu" and hasattr(F, "grouped_mm"):
                 dispatch = "grouped"
@@ -186,6 +225,47 @@ class StackedSwiGLUExperts(nn.Module):
         ys = ys * weights.reshape(-1)[order].unsqueeze(1).to(ys.dtype)
         return torch.zeros_like(x).index_add_(0, token_of, ys)
 
+
+    def _int8(self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor, dispatch: str) -> torch.Tensor:
+        """The int8 dispatches: ``dense`` (all experts, two matmuls; decoding steps) or ``grouped`` (two matmuls per
+        expert on its routed tokens; prefill). ``loop`` means grouped here; ``auto`` picks by token count."""
+        from explainrec.llm.quantize import int8_matmul, quantize_rows
+
+        if dispatch not in _DISPATCH_MODES:
+            raise ValueError(f"dispatch must be one of {_DISPATCH_MODES}; got {dispatch!r}")
+        if dispatch == "auto":
+            dispatch = "dense" if x.shape[0] <= INT8_DENSE_MAX_TOKENS else "grouped"
+        n_tokens, n_experts, size = x.shape[0], self._n_experts, self._expert_size
+        xq, xs = quantize_rows(x)  # each token quantised once, whatever number of experts it visits
+        if dispatch == "dense":
+            gate_up = int8_matmul(xq, xs, self.gate_up_int8, self.gate_up_scale).view(n_tokens, n_experts, 2 * size)
+            w = torch.zeros(n_tokens, n_experts, dtype=torch.float32, device=x.device)
+            w.scatter_(1, topk_idx, weights.float())
+            hidden = self.act_fn(gate_up[..., :size]) * gate_up[..., size:] * w.unsqueeze(-1)  # (N, E, I), 0 if unused
+            hq, hs = quantize_rows(hidden.view(n_tokens, n_experts * size))
+            return int8_matmul(hq, hs, self.down_int8, self.down_scale).to(x.dtype)
+        k = topk_idx.shape[1]
+        flat = topk_idx.reshape(-1)
+        order = flat.argsort(stable=True)  # assignments grouped by expert
+        token_of = order // k
+        counts = torch.bincount(flat, minlength=n_experts).tolist()
+        xq, xs = xq[token_of], xs[token_of]  # (N*k, H), (N*k, 1)
+        hidden = torch.empty(n_tokens * k, size, dtype=torch.float32, device=x.device)
+        spans, lo = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                gate_up = int8_matmul(xq[lo: lo + n], xs[lo: lo + n], self.gate_up_int8[e * 2 * size: (e + 1) * 2 * size],
+                                      self.gate_up_scale[e * 2 * size: (e + 1) * 2 * size])
+                torch.mul(self.act_fn(gate_up[:, :size]), gate_up[:, size:], out=hidden[lo: lo + n])
+                spans.append((e, lo, n))
+            lo += n
+        hq, hs = quantize_rows(hidden)
+        ys = torch.empty(n_tokens * k, self.down_int8.shape[0], dtype=torch.float32, device=x.device)
+        for e, lo, n in spans:
+            ys[lo: lo + n] = int8_matmul(hq[lo: lo + n], hs[lo: lo + n], self.down_int8[:, e * size: (e + 1) * size],
+                                         self.down_scale)
+        ys.mul_(weights.reshape(-1)[order].unsqueeze(1).float())
+        return torch.zeros(n_tokens, ys.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token_of, ys).to(x.dtype)
 
     def _dense(self, x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, then the top-k weights (zeros elsewhere): same result, fewer ops."""

@@ -35,9 +35,11 @@ class RoutingState:
 
     Args:
         cluster_ids: ``(B,)`` long, the GMM cluster (= gate) of each sample, eq. 9.
-        token_mask: optional ``(B, T)`` 1/0 mask (the attention mask); when a layer's input is exactly ``(B, T)``
-            the aux losses and usage counts skip masked (padding) tokens. Other shapes (cached decoding steps,
-            expanded beams) count every token.
+        token_mask: optional ``(B, T)`` 1/0 mask (the attention mask); when a layer's input is ``(B, T')`` with
+            ``T' <= T`` the aux losses and usage counts skip masked (padding) tokens, reading the mask's last ``T'``
+            columns: a call that starts after cached positions (the prompt after a shared prefix) covers those.
+            A cached decoding step reads the last prompt column (1 in left-padded batches), so counts every
+            token; other shapes (expanded beams, uncached re-runs) count every token too.
         collect_aux: when True each MoE layer appends its auxiliary loss parts to ``aux``.
         track_samples: when True ``sample_usage`` ``(B, E)`` counts, per sample, the (token, layer) assignments
             to each expert over every forward run in the block (all decoding steps of a ``generate`` call; the
@@ -77,10 +79,12 @@ class RoutingState:
         return ids.to(device)
 
     def mask_for(self, batch_size: int, seq_len: int, device: torch.device) -> torch.Tensor | None:
-        """``(B*T,)`` bool keep-mask when ``token_mask`` matches the layer input exactly, else None (count all)."""
-        if self.token_mask is None or tuple(self.token_mask.shape) != (batch_size, seq_len):
+        """``(B*T',)`` bool keep-mask for a ``(B, T')`` layer input: the last ``T'`` columns of ``token_mask``
+        (all of it when ``T' == T``), or None (count all) when the mask does not cover the input."""
+        mask = self.token_mask
+        if mask is None or mask.shape[0] != batch_size or mask.shape[1] < seq_len:
             return None
-        return self.token_mask.reshape(-1).to(device=device, dtype=torch.bool)
+        return mask[:, mask.shape[1] - seq_len:].reshape(-1).to(device=device, dtype=torch.bool)
 
     def add_sample_usage(self, topk_idx: torch.Tensor, n_experts: int, keep: torch.Tensor | None) -> None:
         """Add one layer's choices to ``sample_usage``.

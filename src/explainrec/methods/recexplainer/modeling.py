@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from explainrec.data.collate import IGNORE_INDEX, Encoded, encode_pair
 from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN, render_prompt
+from explainrec.llm.loss import soft_prompt_forward
 from explainrec.llm.soft_tokens import add_placeholder_tokens
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -87,6 +88,7 @@ class RecExplainerModel(nn.Module):
         self.register_buffer("item_scale", _rms(item_table))
         self.user_proj = Projector(user_table.shape[1], hidden)
         self.item_proj = Projector(item_table.shape[1], hidden)
+        self.targets_only = True  # the output head on the answer tokens only (explainrec.llm.loss)
 
     @classmethod
     def from_recommender(cls, llm: nn.Module, rec, *, user_token_id: int, item_token_id: int) -> RecExplainerModel:
@@ -154,12 +156,8 @@ class RecExplainerModel(nn.Module):
                 soft_ids: Tensor | None = None, **_: object) -> RecExplainerOutput:
         """NLL of the answer tokens (``labels`` -100 elsewhere); extra batch keys (``task`` ...) are ignored."""
         embeds = self.embed(input_ids, soft_ids)
-        # positions from the mask (as generate does), so left- and right-padded batches give the same outputs
-        position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                       labels=labels, use_cache=False)
-        parts = {"nll": out.loss.detach()} if out.loss is not None else {}
-        return RecExplainerOutput(loss=out.loss, parts=parts, logits=out.logits)
+        loss, logits = soft_prompt_forward(self.llm, embeds, attention_mask, labels, targets_only=self.targets_only)
+        return RecExplainerOutput(loss=loss, parts={} if loss is None else {"nll": loss.detach()}, logits=logits)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

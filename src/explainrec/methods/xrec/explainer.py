@@ -18,7 +18,9 @@ def xrec_explainer(model: XRecModel, tokenizer, users, items, *, method: str, in
         known_u, known_i = model.map_ids(user, item)
         return Prepared(
             cold_start=[bool(u == model.n_users or i == model.n_items) for u, i in zip(known_u.tolist(), known_i.tolist())],
-            batch_context=lambda ids, index: model.generation_context(ids, user[index], item[index]))
+            batch_context=lambda ids, index: model.generation_context(ids, user[index], item[index]),
+            # the injection only touches the placeholder positions, so the shared prompt prefix can be run once
+            generate_options={"prefix_reuse": True})
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=xrec_prompt, prepare=prepare,
                      model=model, info=info, known_users=users, known_items=items)

@@ -104,6 +104,15 @@ def find_decoder(llm: nn.Module) -> nn.Module:
                      "LLaMA-family decoder-only model")
 
 
+def _cache_of(kwargs: dict):
+    """The KV cache a forward call got: ``cache`` since transformers 5.x renamed it, else the older names (reading
+    only the old name made every call look uncached, so a call starting after a cached prefix was mis-placed)."""
+    for name in ("cache", "past_key_values", "past_key_value"):
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 def _cache_length(past, layer_idx: int) -> int:
     """Tokens already in the KV cache of layer ``layer_idx`` (0 without a cache)."""
     if past is None:
@@ -192,7 +201,7 @@ class XRecInjection:
             return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        offset = _cache_length(kwargs.get("past_key_values"), 0)
+        offset = _cache_length(_cache_of(kwargs), 0)
         shape = (embeds if embeds is not None else input_ids).shape
         win = state.window(shape[0], shape[1], offset)
         if win is None:
@@ -226,7 +235,7 @@ class XRecInjection:
                 return None
             positional = "hidden_states" not in kwargs
             hidden = args[0] if positional else kwargs["hidden_states"]  # (B', T', H)
-            past = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+            past = _cache_of(kwargs)
             win = state.window(hidden.shape[0], hidden.shape[1], _cache_length(past, layer_idx))
             if win is None:
                 return None

@@ -189,70 +189,16 @@ class NegativeSampler:
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def _csr_rows(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr (U+1,), indices)`` of a user -> items CSR from an edge list."""
-    order = np.lexsort((items, users))
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, items[order].astype(np.int64)
+def ranking_metrics(user_emb: Tensor, item_emb: Tensor, train: tuple[np.ndarray, np.ndarray],
+                    test: tuple[np.ndarray, np.ndarray], *, k: int = 20, user_batch: int = 2048) -> dict[str, float]:
+    """Recall@k and NDCG@k of a full ranking of the embeddings, train items masked (:mod:`explainrec.metrics.ranking`
+    holds the definitions)."""
+    from explainrec.metrics.ranking import embedding_score_fn
+    from explainrec.metrics.ranking import ranking_metrics as full_ranking
 
-
-def _gather_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-    """For batch rows ``rows`` (b,): ``(row_in_batch, column)`` of every stored entry, both 1-D, vectorised."""
-    starts, counts = indptr[rows], indptr[rows + 1] - indptr[rows]
-    total = int(counts.sum())
-    which = np.repeat(np.arange(len(rows)), counts)  # (total,)
-    offset = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-    return torch.from_numpy(which), torch.from_numpy(indices[offset])
-
-
-@torch.no_grad()
-def ranking_metrics(
-    user_emb: Tensor,
-    item_emb: Tensor,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    *,
-    k: int = 20,
-    user_batch: int = 2048,
-) -> dict[str, float]:
-    """Recall@k and NDCG@k of a full ranking over all items, each user's train items masked out.
-
-    The test set is the unique test pairs minus train pairs (a masked item could never be ranked). Recall@k =
-    hits / |test items of u|; NDCG@k = DCG / ideal DCG with min(|test items|, k) relevant slots; both averaged over
-    users with at least one test item. Scores are computed ``user_batch`` users at a time: ``(b, d) @ (d, I)``.
-    """
-    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
-    tr_u, tr_i = (np.asarray(a, dtype=np.int64) for a in train)
-    te_u, te_i = (np.asarray(a, dtype=np.int64) for a in test)
-    te_keys = np.setdiff1d(np.unique(te_u * n_items + te_i), tr_u * n_items + tr_i)
-    te_u, te_i = te_keys // n_items, te_keys % n_items
-    eval_users = np.unique(te_u)
-    if len(eval_users) == 0:
-        return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan"), "eval_users": 0}
-    tr_ptr, tr_idx = _csr_rows(tr_u, tr_i, n_users)
-    te_ptr, te_idx = _csr_rows(te_u, te_i, n_users)
-    kk = min(k, n_items)
-    discount = 1.0 / torch.log2(torch.arange(kk, dtype=torch.float32) + 2.0)  # (k,)
-    ideal = torch.cumsum(discount, 0)  # ideal[m-1] = IDCG with m relevant items
-    device = user_emb.device
-    recall_sum = ndcg_sum = 0.0
-    for lo in range(0, len(eval_users), user_batch):
-        rows = eval_users[lo: lo + user_batch]
-        scores = user_emb[torch.from_numpy(rows).to(device)] @ item_emb.T  # (b, I)
-        r, c = _gather_rows(tr_ptr, tr_idx, rows)
-        scores[r.to(device), c.to(device)] = -torch.inf
-        top = scores.topk(kk, dim=1).indices.cpu()  # (b, k)
-        truth = torch.zeros(len(rows), n_items, dtype=torch.bool)
-        r, c = _gather_rows(te_ptr, te_idx, rows)
-        truth[r, c] = True
-        hits = truth.gather(1, top).float()  # (b, k)
-        n_rel = torch.from_numpy(te_ptr[rows + 1] - te_ptr[rows]).float()  # (b,)
-        recall_sum += float((hits.sum(1) / n_rel).sum())
-        idcg = ideal[(n_rel.clamp(max=kk) - 1).long()]
-        ndcg_sum += float(((hits * discount).sum(1) / idcg).sum())
-    n = len(eval_users)
-    return {f"recall@{k}": recall_sum / n, f"ndcg@{k}": ndcg_sum / n, "eval_users": int(n)}
+    m = full_ranking(embedding_score_fn(user_emb, item_emb), user_emb.shape[0], item_emb.shape[0], train, test,
+                     ks=(k,), user_batch=user_batch)
+    return {f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"], "eval_users": m["eval_users"]}
 
 
 # ---------------------------------------------------------------------------------------------------- result

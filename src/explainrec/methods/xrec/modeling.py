@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from explainrec.llm.loss import soft_prompt_forward
 from explainrec.llm.soft_tokens import ITEM_TOKEN, USER_TOKEN, add_placeholder_tokens, splice
 from explainrec.methods.xrec.adaptor import MoEAdaptor
 from explainrec.methods.xrec.injection import XRecInjection
@@ -116,6 +117,7 @@ class XRecModel(nn.Module):
             for p in llm.parameters():
                 p.requires_grad_(False)
         self.injection = XRecInjection(llm, every_layer=inject_every_layer)
+        self.targets_only = True  # the output head on the explanation tokens only (explainrec.llm.loss)
 
     @classmethod
     def from_lightgcn(cls, llm: nn.Module, result, **kwargs) -> "XRecModel":
@@ -181,13 +183,9 @@ class XRecModel(nn.Module):
                              "during backward runs outside the injection scope")
         u, i = self.soft_vectors(user, item)
         embeds = self._splice(input_ids, u, i)
-        # positions from the mask (as generate does), so left- and right-padded batches give the same outputs
-        position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         with self.injected(input_ids, u, i):
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                           labels=labels, use_cache=False)
-        parts = {"nll": out.loss.detach()} if out.loss is not None else {}
-        return XRecOutput(loss=out.loss, parts=parts, logits=out.logits)
+            loss, logits = soft_prompt_forward(self.llm, embeds, attention_mask, labels, targets_only=self.targets_only)
+        return XRecOutput(loss=loss, parts={} if loss is None else {"nll": loss.detach()}, logits=logits)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, user: Tensor, item: Tensor,
