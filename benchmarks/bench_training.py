@@ -5,9 +5,11 @@ validation NLL each reaches after the same number of training pairs (the learnin
     python benchmarks/bench_training.py --steps 4 --model tiny --data synthetic   # a smoke test
 
 Paths (explainrec train gavamoe settings):
-    today   target_logits_only=false length_buckets=0     the output head on every position, plain shuffle
-    new     target_logits_only=true  length_buckets=8     the head on the explanation tokens only, batches of similar
-                                                          lengths (plus any --new KEY=VALUE)
+    today   target_logits_only=false length_buckets=0 fused_adamw=false
+                the output head on every position, plain shuffle, AdamW's per-tensor loop
+    new     target_logits_only=true  length_buckets=8 fused_adamw=true
+                the head on the explanation tokens only, batches of similar lengths, one fused AdamW kernel
+                (plus any --new KEY=VALUE)
 Each (method, path) trains --steps optimizer steps of --batch-size pairs from the same stage 1 and the same seed,
 turn by turn (today, new, today, new ... with --rounds), so drift in the machine's speed hits both alike. pairs/s
 counts the training loop alone (the trainer's clock: no loading, no validation); the validation NLL is the
@@ -27,8 +29,8 @@ from pathlib import Path
 import torch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xrec" / "google"
-PATHS = {"today": ["target_logits_only=false", "length_buckets=0"],
-         "new": ["target_logits_only=true", "length_buckets=8"]}
+PATHS = {"today": ["target_logits_only=false", "length_buckets=0", "fused_adamw=false"],
+         "new": ["target_logits_only=true", "length_buckets=8", "fused_adamw=true"]}
 METHODS = {"base": ["moe.variant=base"], "gavamoe": []}
 
 

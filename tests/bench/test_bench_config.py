@@ -45,6 +45,10 @@ def _mutate(cfg: dict, change: str) -> None:
         cfg["runs"]["vae-gmm-k3"]["options"]["lrate"] = 0.1
     elif change == "jobs":
         cfg["jobs"] = 0
+    elif change == "run-seeds":
+        cfg["runs"]["base"]["seeds"] = [0, "1"]
+    elif change == "run-datasets":
+        cfg["runs"]["base"]["datasets"] = ["nowhere"]
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -62,6 +66,8 @@ def _mutate(cfg: dict, change: str) -> None:
     ("generation", "generation: unknown key(s) ['beams']"),
     ("vae-gmm", "runs.vae-gmm-k3.options: unknown key(s) ['lrate']"),
     ("jobs", "field 'jobs'"),
+    ("run-seeds", "runs.base.seeds must be a non-empty list of integers"),
+    ("run-datasets", "runs.base.datasets must be a non-empty list of names from 'datasets'"),
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, change, expected):
     cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
@@ -87,7 +93,16 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert result.exit_code == 2 and "no such config file" in result.output
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "mini.yaml", "xrec.yaml"])
+def test_a_run_may_narrow_its_seeds_and_datasets(tmp_path):
+    cfg = {"name": "n", "datasets": {"a": "synthetic", "b": "synthetic:users=40"}, "seeds": [0, 1, 2],
+           "runs": {"zs": {"method": "zero-shot", "seeds": [0]}, "base": {"method": "gavamoe", "datasets": ["b"]}}}
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cells = sorted((p.dataset, p.run, p.seed) for p in plan(load_config(path)))
+    assert cells == [("a", "zs", 0), ("b", "base", 0), ("b", "base", 1), ("b", "base", 2), ("b", "zs", 0)]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_plan(name):
     cfg = load_config(REPO / "configs" / name)
     planned = plan(cfg)

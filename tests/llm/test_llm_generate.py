@@ -401,3 +401,25 @@ def test_a_model_with_its_own_cache_implementation_keeps_it(prompts):
     plain = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False, prefix_reuse=False)
     model.generation_config.cache_implementation = "static"  # generate refuses a second, caller-given cache
     assert generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False) == plain
+
+
+def test_placeholders_and_pad_are_never_generated(prompts):
+    """Their output rows were never trained: even when they win the logits, the next real token is taken."""
+    from explainrec.llm.soft_tokens import add_placeholder_tokens, never_generated
+
+    model, tok = load_llm("tiny", device="cpu")
+    add_placeholder_tokens(model, tok)
+    plain = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False)
+    banned = never_generated(tok)
+    assert len(banned) == 3 and tok.pad_token_id in banned
+
+    def boost(_module, _args, logits):
+        logits[..., banned] += 1e4
+        return logits
+
+    handle = model.get_output_embeddings().register_forward_hook(boost)
+    try:
+        boosted = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False)
+    finally:
+        handle.remove()
+    assert boosted == plain and all(boosted)

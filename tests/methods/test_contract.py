@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from explainrec.config import ConfigError
@@ -136,6 +137,14 @@ def test_a_run_folder_is_never_silently_replaced(data, tmp_path):
         train_run(method, data, tmp_path / "run", cfg.replace(clusters=3), resume=True, **QUIET)
     train_run(method, data, tmp_path / "run", cfg.replace(clusters=3), overwrite=True, **QUIET)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_clusters"] == 3
+    # a run started before a setting existed resumes with that setting's current value
+    from explainrec.methods.runs import write_run_config
+
+    file = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(file.read_text())
+    del saved["config"]["seed"]
+    file.write_text(yaml.safe_dump(saved))
+    write_run_config(tmp_path / "run", method, cfg.replace(clusters=3), resume=True)
 
 
 def test_a_reused_stage_must_match_the_run(data, tmp_path):

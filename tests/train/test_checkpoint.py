@@ -186,6 +186,11 @@ def test_config_mismatch_lists_the_keys(tmp_path):
     # ignored keys may differ
     load_checkpoint(tmp_path / "ck", model=_model(), expected_config={"lr": 0.1, "model": {"width": 4}, "epochs": 5},
                     ignore_config_keys=["epochs"])
+    # a setting added since the checkpoint was written takes its current value; a removed one is a mismatch
+    load_checkpoint(tmp_path / "ck", model=_model(), expected_config={"lr": 0.1, "model": {"width": 4, "depth": 2},
+                                                                      "epochs": 3, "fused": True})
+    with pytest.raises(CheckpointError, match=r"model\.width: saved 4 != expected '<missing>'"):
+        load_checkpoint(tmp_path / "ck", model=_model(), expected_config={"lr": 0.1, "model": {}, "epochs": 3})
 
 
 def test_unknown_generator_is_named(tmp_path):

@@ -10,8 +10,8 @@
     generation: {batch_size: 16, max_new_tokens: 80}
     defaults:                        # merged (recursively) into the options of every run of that method
       gavamoe: {max_minutes: 20}
-    runs:                            # run name -> method and options (the method's config fields)
-      zero-shot: {method: zero-shot}
+    runs:                            # run name -> method and options (the method's config fields); a run may
+      zero-shot: {method: zero-shot, seeds: [0]}    # narrow the seeds or the datasets it runs on
       base: {method: gavamoe, options: {moe: {variant: base}}}
       gavamoe: {method: gavamoe}
     experiments:                     # which tables and figures the report holds, over which runs
@@ -85,19 +85,22 @@ def load_config(path: str | Path) -> dict:
     for name, run in cfg["runs"].items():
         if not isinstance(run, dict) or "method" not in run:
             raise ConfigError(f"{path}: runs.{name} needs a 'method'")
-        extra = set(run) - {"method", "options"}
+        extra = set(run) - {"method", "options", "seeds", "datasets"}
         if extra:
-            raise ConfigError(f"{path}: runs.{name}: unknown key(s) {sorted(extra)} (expected method, options)")
+            raise ConfigError(f"{path}: runs.{name}: unknown key(s) {sorted(extra)} "
+                              "(expected method, options, seeds, datasets)")
         if run.get("options") is not None and not isinstance(run["options"], dict):
             raise ConfigError(f"{path}: runs.{name}.options must be a mapping")
+        _check_seeds(run.get("seeds"), f"{path}: runs.{name}.seeds")
+        only = run.get("datasets")
+        if only is not None and (not isinstance(only, list) or not only or set(only) - set(cfg.get("datasets") or {})):
+            raise ConfigError(f"{path}: runs.{name}.datasets must be a non-empty list of names from 'datasets' "
+                              f"({list(cfg.get('datasets') or {})})")
     for key in ("datasets", "runs"):
         for name in cfg[key]:
             if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"{path}: {key}.{name}: names are folder names (no '/', no leading '.')")
-    seeds = cfg.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds
-                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise ConfigError(f"{path}: field 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
+    _check_seeds(cfg.get("seeds"), f"{path}: field 'seeds'")
     jobs = cfg.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: field 'jobs' must be a positive integer (runs at a time)")
@@ -117,6 +120,12 @@ def load_config(path: str | Path) -> dict:
     _check_experiments(cfg, path)
     cfg["_path"] = str(path)
     return cfg
+
+
+def _check_seeds(seeds, where: str) -> None:
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise ConfigError(f"{where} must be a non-empty list of integers, e.g. [0, 1, 2]")
 
 
 def _check_experiments(cfg: dict, path: Path) -> None:
@@ -154,7 +163,9 @@ def plan(cfg: dict) -> list[PlannedRun]:
     planned = []
     for ds_name, data in cfg["datasets"].items():
         for run_name, run in cfg["runs"].items():
-            for seed in cfg.get("seeds") or [0]:
+            if ds_name not in (run.get("datasets") or cfg["datasets"]):
+                continue
+            for seed in run.get("seeds") or cfg.get("seeds") or [0]:
                 options = merge_dicts(defaults.get(run["method"]) or {}, run.get("options") or {})
                 try:
                     spec = RunSpec(data=str(data), method=run["method"], seed=int(seed), options=options,

@@ -373,6 +373,11 @@ def generate_texts(
                    pad_token_id=pad_id, eos_token_id=sorted(eos_ids) or None)
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
+    from explainrec.llm.soft_tokens import never_generated
+
+    never = [i for i in never_generated(tokenizer) if i not in eos_ids]
+    if never:
+        options["suppress_tokens"] = never
     options.update(model_kwargs)
 
     device = next(model.parameters()).device

@@ -117,15 +117,16 @@ def ensure_pad_token(model, tokenizer) -> int:
         else:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
         pad_id = tokenizer.pad_token_id
-    _grow_embeddings(model, len(tokenizer))
+    grow_embeddings(model, len(tokenizer))
     model.config.pad_token_id = pad_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = pad_id
     return pad_id
 
 
-def _grow_embeddings(model, n_tokens: int) -> None:
-    """Resize the embeddings to ``n_tokens`` rows when the tokenizer outgrew them; new rows = mean of old rows."""
+def grow_embeddings(model, n_tokens: int) -> None:
+    """Resize the embeddings to ``n_tokens`` rows when the tokenizer outgrew them; new rows = mean of old rows
+    (deterministic, so every rebuild of a model gets the same rows)."""
     old = model.get_input_embeddings().weight.shape[0]
     if n_tokens <= old:
         return

@@ -2,7 +2,8 @@
 
 GaVaMoE, XRec and MMP-Refer all put collaborative vectors into the prompt this way: add special tokens to the
 tokenizer, resize the embedding table, then overwrite ``inputs_embeds`` at the placeholder positions. Token ids are
-always looked up from the tokenizer, never hard-coded.
+always looked up from the tokenizer, never hard-coded. Placeholders are named ``<|NAME_emb|>``; generation never
+emits them (:func:`never_generated`).
 """
 from __future__ import annotations
 
@@ -16,9 +17,22 @@ def add_placeholder_tokens(model, tokenizer, tokens: tuple[str, ...] = (USER_TOK
     missing = [t for t in tokens if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    from explainrec.llm.load import grow_embeddings
+
+    # new rows = the mean of the old ones, never a random draw: a model rebuilt to load saved weights that leave the
+    # frozen LLM out must get exactly the rows it was trained with
+    grow_embeddings(model, len(tokenizer))
     return {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+
+
+def never_generated(tokenizer) -> list[int]:
+    """Ids a model must not write: the placeholders (``<|NAME_emb|>``) and a pad token that is not also eos (their
+    output-embedding rows were never trained)."""
+    ids = [i for tok, i in tokenizer.get_vocab().items() if tok.startswith("<|") and tok.endswith("_emb|>")]
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if pad is not None and pad != eos:
+        ids.append(pad)
+    return sorted(set(ids))
 
 
 def splice(

@@ -109,7 +109,7 @@ def _diff(saved: dict, wanted: dict, ignore: set[str], prefix: str = "") -> list
     out = []
     for key in sorted(set(saved) | set(wanted)):
         a, b = saved.get(key, "<missing>"), wanted.get(key, "<missing>")
-        if prefix + key in ignore:
+        if prefix + key in ignore or key not in saved:  # a setting added since the run started: its current value
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, ignore, f"{prefix}{key}.")

@@ -125,7 +125,9 @@ def run_loop(
         raise ValueError("no training examples")
     valid_rows = valid_rows[: cfg.max_valid_pairs]  # the split's first pairs: the same ones every epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = getattr(cfg, "fused_adamw", False) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                                                         for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     model, optimizer = acc.prepare(model, optimizer)
     raw = acc.unwrap_model(model)
 
@@ -154,7 +156,9 @@ def run_loop(
         buckets = getattr(cfg, "length_buckets", 0)
         if buckets:
             sampler = LengthBuckets([_row_length(r) for r in train_rows], cfg.batch_size, buckets, order)
-            data = torch.utils.data.DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate_fn)
+            # generator= too: a loader without one draws its worker base seed from the global RNG, which would
+            # shift every later draw (dropout, noise) after a resume
+            data = torch.utils.data.DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate_fn, generator=order)
         else:
             data = torch.utils.data.DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, generator=order,
                                                collate_fn=collate_fn)

@@ -43,10 +43,12 @@ class LLMTrainConfig(Config):
     max_valid_pairs: int | None = option(None, "validate on the first N valid pairs (null = all)", min=1)
     max_prompt_tokens: int = option(384, "prompt tokens kept (the oldest are cut)", min=8)
     max_target_tokens: int = option(96, "explanation tokens trained on", min=2)
-    length_buckets: int = option(0, "sort each window of N batches by length before batching, so batches hold "
+    length_buckets: int = option(8, "sort each window of N batches by length before batching, so batches hold "
                                  "little padding (0 = a plain shuffle)", min=0)
     target_logits_only: bool = option(True, "apply the output head to the explanation tokens only (same loss, "
                                       "less work; false = the transformers path)")
+    fused_adamw: bool = option(True, "one fused AdamW kernel for all weights (same update; on CPU ~6x faster than "
+                               "the per-tensor loop, which is what false selects)")
     checkpoint_every: int = option(100, "optimizer steps between checkpoints (one is also written at every stop)", min=1)
     valid_every: int = option(0, "optimizer steps between validations, for a learning curve (0 = at the end of "
                               "each epoch and at a budget stop only)", min=0)

@@ -117,7 +117,7 @@ def load_mmp(folder: Path, manifest: dict):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from explainrec.llm.load import load_llm
+    from explainrec.llm.load import grow_embeddings, load_llm
     from explainrec.methods.mmp_refer.config import MMPGraphConfig
     from explainrec.methods.mmp_refer.graph_method import GraphStage
     from explainrec.methods.mmp_refer.modeling import MMPReferModel
@@ -140,7 +140,7 @@ def load_mmp(folder: Path, manifest: dict):
             llm = llm_method.rebuild_llm(arch["llm_config"])
         else:
             llm, _ = load_llm(cfg.model, device="cpu", dtype="float32")
-            llm.resize_token_embeddings(arch["llm_config"]["vocab_size"], mean_resizing=False)
+            grow_embeddings(llm, arch["llm_config"]["vocab_size"])
         model = MMPReferModel(llm, torch.zeros(*arch["node_vectors"]), arch["n_users"],
                               graph_token_id=arch["graph_token_id"], k=cfg.k, cfg=cfg.graph)
         model.use_graph = cfg.graph_prompt

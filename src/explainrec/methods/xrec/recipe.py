@@ -72,7 +72,7 @@ def load_xrec(folder: Path, manifest: dict) -> XRecModel:
     """The XRecModel of a model folder (float32, CPU, eval mode)."""
     import torch
 
-    from explainrec.llm.load import load_llm
+    from explainrec.llm.load import grow_embeddings, load_llm
 
     arch = manifest.get("arch") or {}
     cfg = XRecConfig.from_dict(manifest.get("config"), f"{folder}/explainrec.json config")
@@ -81,7 +81,7 @@ def load_xrec(folder: Path, manifest: dict) -> XRecModel:
             llm = llm_method.rebuild_llm(arch["llm_config"])
         else:
             llm, _ = load_llm(cfg.model, device="cpu", dtype="float32")
-            llm.resize_token_embeddings(arch["llm_config"]["vocab_size"], mean_resizing=False)
+            grow_embeddings(llm, arch["llm_config"]["vocab_size"])
         zeros_u = torch.zeros(arch["n_users"], arch["embed_dim"])
         zeros_i = torch.zeros(arch["n_items"], arch["embed_dim"])
         model = XRecModel(llm, zeros_u, zeros_i, user_token_id=arch["user_token_id"],
