@@ -79,30 +79,46 @@ def weights(run: Path) -> dict:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+def _step(run: Path) -> int:
+    try:
+        return json.loads((run / "checkpoint" / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def kills(root: Path, rounds: int, seed: int) -> list[dict]:
     """kill -9 at a random step of a training run, then --resume; repeated; the end equals an uninterrupted run."""
     import torch
 
-    cmd = ["train", "gavamoe", "--data", DATA, "--config", "tiny", "max_steps=300", "checkpoint_every=1"]
+    cmd = ["train", "gavamoe", "--data", DATA, "--config", "tiny", "max_steps=300", "epochs=10", "checkpoint_every=1"]
     assert cli(*cmd, "--out", root / "full").returncode == 0
     run, rng, rows = root / "killed", random.Random(seed), []
     for i in range(rounds):
         resume = ["--resume"] if (run / "config.yaml").exists() else []
         proc = subprocess.Popen([sys.executable, "-m", "explainrec.cli", *cmd, "--out", str(run), *resume],
                                 env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        delay = rng.uniform(6.0, 14.0)  # start-up takes ~5 s; then a step every ~0.1-0.5 s
-        time.sleep(delay)
+        # kill once the run is past a random step (start-up takes seconds, more on a loaded machine), then a random
+        # fraction of a step later, so kills land inside steps and inside checkpoint writes alike
+        target = _step(run) + rng.randint(5, 60)
+        t0 = time.perf_counter()
+        while _step(run) < target and proc.poll() is None and time.perf_counter() - t0 < 600:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
+        delay = time.perf_counter() - t0
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        state = json.loads((run / "checkpoint" / "state.json").read_text()) if (run / "checkpoint" / "state.json").exists() else {}
-        rows.append({"round": i + 1, "killed_after_s": round(delay, 1), "checkpoint_step": state.get("step"),
+        rows.append({"round": i + 1, "killed_after_s": round(delay, 1), "checkpoint_step": _step(run),
                      "model_written": (run / "model").exists(), "leftover_tmp": len(list(run.glob(".*.tmp")))})
         if (run / "model").exists():
             break
-    final = cli(*cmd, "--out", run, "--resume")
-    a, b = weights(root / "full"), weights(run)
-    same = final.returncode == 0 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows.append({"round": "resume to the end", "exit": final.returncode, "equals_uninterrupted": same})
+    # a kill before the run wrote its config.yaml leaves nothing to resume: the run is then simply started again
+    final = cli(*cmd, "--out", run, *(["--resume"] if (run / "config.yaml").exists() else []))
+    same = False
+    if final.returncode == 0:
+        a, b = weights(root / "full"), weights(run)
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows.append({"round": "resume to the end", "exit": final.returncode, "equals_uninterrupted": same,
+                 "stderr_tail": final.stderr[-300:] if final.returncode else ""})
     return rows
 
 

@@ -144,3 +144,27 @@ def test_report_gives_mean_and_std_over_seeds(tmp_path):
     assert "| gavamoe (seed1 partial) | 9 | **10.00** | 0.5000 |" in report
     assert seed_stats([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
     assert seed_stats([4.0]) == (4.0, None)
+
+
+def test_learning_curves_average_the_seeds_at_each_point(tmp_path):
+    """Validation NLL per pairs seen, read from each run's train_log.jsonl: mean ± std over the seeds, a figure."""
+    cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    cfg.update(out=str(tmp_path / "out"), seeds=[0, 1], bertscore=False, experiments={"curves": ["gavamoe"]})
+    cfg["runs"] = {"gavamoe": cfg["runs"]["gavamoe"]}
+    path = tmp_path / "curves.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = load_config(path)
+    planned = plan(cfg)
+    nll = {0: [3.0, 2.0], 1: [5.0, 4.0]}
+    for p in planned:
+        p.run_dir.mkdir(parents=True)
+        (p.run_dir / "run.json").write_text(json.dumps(p.spec.to_dict()))
+        (p.run_dir / "done.json").write_text(json.dumps({"metrics": {"bleu4": 1.0}, "n": 9}))
+        log = [{"step": 1, "loss": 9.0}] + [{"kind": "valid", "step": s, "pairs": 4 * s, "valid_nll": v}
+                                             for s, v in zip((10, 20), nll[p.seed])]
+        (p.run_dir / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    report = write_report(cfg, planned, tmp_path / "out").read_text()
+    datasets = list(cfg["datasets"])
+    assert "| run | seeds | 40 pairs | 80 pairs |" in report
+    assert "| gavamoe | 2 | 4.000 ± 1.414 | 3.000 ± 1.414 |" in report
+    assert (tmp_path / "out" / "figures" / f"curves-{datasets[0]}.png").is_file()

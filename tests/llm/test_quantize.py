@@ -155,7 +155,7 @@ def test_quantised_model_generates_and_deep_copies(pair):
 
 
 def test_lora_layers_are_merged_before_quantising():
-    peft = pytest.importorskip("peft")
+    import peft
     model, tok = load_llm("tiny", device="cpu")
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     for name, p in lora.named_parameters():

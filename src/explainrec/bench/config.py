@@ -19,7 +19,8 @@
 
 Experiment kinds (:data:`EXPERIMENTS`): ``main`` (Table 2: runs x metrics), ``ablation`` (Figure 3: table and bar
 chart), ``gates`` (Table 3: cluster sizes and metrics per number of clusters K), ``sparsity`` (Figure 4: metrics per
-user-activity bucket ds1/ds2/ds3), ``latent`` (Figure 5: each run's stage-1 latent plot). ``description`` (free text)
+user-activity bucket ds1/ds2/ds3), ``latent`` (Figure 5: each run's stage-1 latent plot), ``curves`` (validation
+NLL against training pairs seen, from runs trained with ``valid_every``). ``description`` (free text)
 opens the report; ``jobs`` (default 1) is how many runs go at once, each in its own process (``--jobs``
 overrides it); ``keep_checkpoints: false`` deletes a run's training checkpoint (weights + optimizer state, the
 largest files) once the run is done; ``precision`` (auto = int8 on CPU | fp32 | int8) sets the generation weights; ``alignment``
@@ -43,7 +44,7 @@ from explainrec.config import merge_dicts
 
 TOP_KEYS = {"name", "description", "out", "datasets", "seeds", "split", "limit", "bertscore", "generation", "defaults",
             "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment", "tune_decoding"}
-EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment", "decoding")
+EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment", "decoding", "curves")
 
 
 @dataclass

@@ -449,8 +449,64 @@ def section_decoding(cfg, results, runs, out) -> list[str]:
     return lines
 
 
+def _valid_curve(r: RunResult) -> list[tuple[int, float]]:
+    """``(pairs seen, valid NLL)`` points of a run's training log (the validations ``valid_every`` asked for)."""
+    log = r.planned.run_dir / "train_log.jsonl"
+    if r.state != "done" or not log.is_file():
+        return []
+    rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [(int(v["pairs"]), float(v["valid_nll"])) for v in rows
+            if v.get("kind") == "valid" and "pairs" in v and "valid_nll" in v]
+
+
+def section_curves(cfg, results, runs, out) -> list[str]:
+    """Learning curves: validation NLL against training pairs seen, mean over seeds (a band of +-1 std)."""
+    lines = ["## Learning curves", "",
+             "Validation NLL of the explanations (the first `max_valid_pairs` valid pairs) against the training pairs "
+             "seen, mean over the seeds with a band of one standard deviation.", ""]
+    plt = None
+    for ds in _datasets(cfg):
+        curves = []
+        for run, rs in _groups(results, ds, runs):
+            per_seed = [c for r in rs if (c := _valid_curve(r))]
+            if not per_seed:
+                continue
+            common = sorted(set.intersection(*(set(p for p, _ in c) for c in per_seed)))
+            points = [(p, *seed_stats([dict(c)[p] for c in per_seed])) for p in common]
+            curves.append((run, len(per_seed), points))
+        if not curves:
+            continue
+        plt = plt or _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+        for run, n, points in curves:
+            xs, means, stds = zip(*points)
+            lo = [m - (s or 0.0) for m, s in zip(means, stds)]
+            hi = [m + (s or 0.0) for m, s in zip(means, stds)]
+            ax.plot(xs, means, marker="o", label=f"{run} ({n} seed{'s' if n > 1 else ''})")
+            ax.fill_between(xs, lo, hi, alpha=0.2)
+        ax.set_xlabel("training pairs seen")
+        ax.set_ylabel("validation NLL")
+        ax.set_title(f"{ds}: learning curves", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / "figures" / f"curves-{ds}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        columns = sorted({p for _, _, points in curves for p, _, _ in points})
+        lines += [f"### {ds}", "", "| run | seeds | " + " | ".join(f"{p:,} pairs" for p in columns) + " |",
+                  "|---|---:|" + "---:|" * len(columns)]
+        for run, n, points in curves:
+            cells = {p: f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") for p, m, sd in points}
+            lines.append(f"| {run} | {n} | " + " | ".join(cells.get(p, "") for p in columns) + " |")
+        lines += ["", f"![learning curves, {ds}](figures/{path.name})", ""]
+    return lines
+
+
 SECTIONS = {"main": section_main, "decoding": section_decoding, "ablation": section_ablation, "gates": section_gates,
-            "sparsity": section_sparsity, "latent": section_latent, "alignment": section_alignment}
+            "sparsity": section_sparsity, "latent": section_latent, "alignment": section_alignment,
+            "curves": section_curves}
 
 
 def section_costs(results: list[RunResult]) -> list[str]:

@@ -2,7 +2,7 @@
 
 A run folder holds ``run.json`` (the run's full settings), then what each step leaves behind::
 
-    run.json            the spec; a folder whose run.json differs is cleared and redone
+    run.json            the spec; a folder whose run.json differs is set aside (renamed *.stale-TIME) and redone
     config.yaml, <stage>/, checkpoint/, model/, train_summary.json     (see explainrec.methods.runs)
     predictions.jsonl   the explained split (atomic)
     metrics.json/.md    the evaluation (explainrec.metrics)
@@ -163,6 +163,18 @@ def _explain(spec: RunSpec, dataset, run_dir: Path, explainer=None) -> dict:
     return stats.as_dict()
 
 
+def _set_aside(run_dir: Path) -> Path:
+    """Move a stale run folder out of the way instead of deleting it: its results may have cost hours."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{n}")
+    run_dir.rename(target)
+    return target
+
+
 def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool = True, progress: bool = True,
             echo=print, stage_sources: dict[str, Path] | None = None) -> dict:
     """Do whatever of train -> explain -> evaluate ``run_dir`` still lacks; return ``done.json``'s content.
@@ -177,8 +189,8 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     wanted = spec.to_dict()
     spec_path = run_dir / "run.json"
     if spec_path.exists() and not spec.matches(json.loads(spec_path.read_text())):
-        echo(f"[bench] {run_dir}: settings changed since it ran; starting it again")
-        shutil.rmtree(run_dir)
+        kept = _set_aside(run_dir)
+        echo(f"[bench] {run_dir}: settings changed since it ran; starting it again (the old folder is kept as {kept})")
     done_path = run_dir / "done.json"
     if done_path.exists():
         return json.loads(done_path.read_text())
