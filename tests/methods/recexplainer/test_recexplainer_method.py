@@ -71,3 +71,27 @@ def test_evaluate_alignment_command(tmp_path):
     assert runner.invoke(app, ["train", "vae-gmm", "--data", DATA, "--out", str(other), "--config", "tiny"]).exit_code == 0
     refused = runner.invoke(app, ["evaluate-alignment", str(other), "--data", DATA])
     assert refused.exit_code == 2 and "no alignment evaluation" in refused.output
+
+
+def test_zero_shot_table_is_scored_once_for_the_variants_of_one_recommender(tmp_path, monkeypatch):
+    """Intention asks the untrained LLM the titles-only form of behaviour's questions: the second report reuses the
+    first's zero-shot table (cached by content), and a change of the questions misses the cache."""
+    monkeypatch.setenv("EXPLAINREC_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    tables, outputs = [], []
+    for variant in ("behaviour", "intention"):
+        run = tmp_path / variant
+        trained = runner.invoke(app, ["train", "recexplainer", "--data", DATA, "--out", str(run), "--config", "tiny",
+                                      f"variant={variant}"])
+        assert trained.exit_code == 0, trained.output
+        result = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA, "--limit", "3",
+                                     "--explanations", "0"])
+        assert result.exit_code == 0, result.output
+        tables.append(json.loads((run / "alignment.json").read_text())["alignment"]["zero-shot"])
+        outputs.append(result.output)
+    assert "reusing" not in outputs[0] and "reusing" in outputs[1]
+    assert tables[0] == tables[1]
+    assert len(list((tmp_path / "cache" / "alignment-zero-shot").glob("*.json"))) == 1
+    again = runner.invoke(app, ["evaluate-alignment", str(tmp_path / "intention"), "--data", DATA, "--limit", "2",
+                                "--explanations", "0"])
+    assert again.exit_code == 0 and "reusing" not in again.output  # other questions: scored anew

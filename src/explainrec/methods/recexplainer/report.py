@@ -8,6 +8,8 @@ Yes/No test pairs. Writes ``alignment.json`` and ``alignment.md``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +56,9 @@ def alignment_report(run: str | Path, dataset: Dataset, *, limit: int | None = 1
     if zero_shot:
         base, base_tok = load_llm(cfg.model, device="cpu", dtype="float32")
         text_rows = _behaviour_form(dataset, rec, cfg, rows)
-        table["zero-shot"] = evaluate_alignment(base, base_tok, text_rows, names, limit=limit,
-                                                catalogue_ranking=catalogue)
+        key = zero_shot_key(cfg.model, _first_per_task(text_rows, limit), names, catalogue)
+        table["zero-shot"] = _cached(key, echo, lambda: evaluate_alignment(
+            base, base_tok, text_rows, names, limit=limit, catalogue_ranking=catalogue))
     report = {"run": str(run), "variant": cfg.variant, "recommender": rec.config, "limit_per_task": limit,
               "catalogue_ranking": catalogue, "columns": [list(c) for c in TASK_COLUMNS], "alignment": table}
     if explanations:
@@ -66,6 +69,37 @@ def alignment_report(run: str | Path, dataset: Dataset, *, limit: int | None = 1
                                                     n=explanations, base=(base, base_tok) if base is not None else None,
                                                     max_new_tokens=max_new_tokens)
     return report
+
+
+def zero_shot_key(model: str, rows: list[dict], names, catalogue: bool) -> str:
+    """What the untrained LLM's table depends on: the model, the scored questions, the item names, the metric set.
+    The three variants of one recommender ask it the same questions, so one evaluation serves all three."""
+    blob = json.dumps({"model": model, "rows": rows, "names": list(names), "catalogue": catalogue,
+                       "version": 1}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cached(key: str, echo, compute) -> dict:
+    """The zero-shot table from explainrec's cache (``$EXPLAINREC_CACHE``, see :func:`cache_root`), else computed
+    and stored there. A hit needs the same model name, questions, names and metrics (the key); JSON only."""
+    from explainrec.io import atomic_write_json
+    from explainrec.llm.load import cache_root
+
+    path = cache_root() / "alignment-zero-shot" / f"{key}.json"
+    if path.exists():
+        try:
+            table = json.loads(path.read_text())
+            echo(f"[evaluate-alignment] zero-shot: the same questions were scored before; reusing {path}")
+            return table
+        except (OSError, ValueError):
+            pass  # unreadable: compute again and replace it
+    table = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, table)
+    except OSError as e:  # a read-only cache is no reason to fail the report
+        echo(f"[evaluate-alignment] could not cache the zero-shot table at {path}: {e}")
+    return table
 
 
 def _first_per_task(rows: list[dict], limit: int | None) -> list[dict]:
