@@ -163,7 +163,7 @@ def _open_explainer(model: Optional[str], method: Optional[str], precision: str)
         if m is not None and explainer.method != m.name:
             raise UsageError(f"--model {model} holds a {explainer.method} model, not {m.name}")
         return explainer
-    m = m or registry.get("zero-shot")
+    m = m or registry.default_untrained()
     if m.trains:
         raise UsageError(f"--method {m.name} needs a trained run folder: pass --model RUN "
                          f"(from `explainrec train {m.name} --data DATA --out RUN`)")

@@ -23,6 +23,10 @@ _ENTRIES = {
 }
 
 
+# What commands explain with when given neither a trained run nor --method: the baseline that needs no training.
+DEFAULT_UNTRAINED = "zero-shot"
+
+
 def names() -> list[str]:
     return list(_ENTRIES)
 
@@ -39,3 +43,8 @@ def get(name: str):
 
 def all_methods() -> list:
     return [get(n) for n in _ENTRIES]
+
+
+def default_untrained():
+    """The entry used when a command gets no run folder and no --method (:data:`DEFAULT_UNTRAINED`)."""
+    return get(DEFAULT_UNTRAINED)
