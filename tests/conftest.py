@@ -2,6 +2,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test on one torch thread, the setting restored afterwards: the tests use tiny tensors, and on the
+    shared 2-core machine OpenMP's hand-offs between threads cost more than the maths (a tiny LightGCN epoch took
+    ~20x longer with 2 threads than with 1 under load); one thread also makes in-process reruns reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -4,22 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MINI = REPO / "configs" / "mini.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: OpenMP hand-offs between two threads cost more than the maths on the shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

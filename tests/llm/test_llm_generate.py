@@ -270,20 +270,11 @@ def test_prefix_reuse_with_per_sample_cluster_gates_and_soft_tokens():
     assert generate_texts(model, tok, prompts, prefix_reuse=True, **kw) != plain
 
 
-def test_prefix_reuse_with_xrec_injection():
-    from explainrec.methods.xrec.modeling import XRecModel
+def test_prefix_reuse_with_xrec_injection(tiny_xrec):
     from explainrec.methods.xrec.prompting import xrec_prompt
-    from explainrec.data import make_synthetic
 
-    llm, tok = load_llm("tiny", device="cpu")
-    uid, iid = XRecModel.prepare_tokenizer(llm, tok)
-    gen = torch.Generator().manual_seed(0)
-    model = XRecModel(llm, torch.randn(20, 8, generator=gen), torch.randn(15, 8, generator=gen),
-                      user_token_id=uid, item_token_id=iid).eval()
-    with torch.no_grad():
-        for ad in (model.user_adaptor, model.item_adaptor):
-            ad.weight.normal_(0.0, 0.3, generator=gen)
-    examples = make_synthetic(n_users=20, n_items=15, n_types=2, seed=1).examples[:5]
+    model, tok, examples = tiny_xrec
+    llm, examples = model.llm, examples[:5]
     examples[1].user_profile = None
     examples[3].title = None
     prompts = [render_prompt(tok, xrec_prompt(e)) for e in examples]

@@ -176,20 +176,11 @@ def test_lora_layers_are_merged_before_quantising():
     assert rel_err(no_adapter, ref) > 2 * rel_err(got, ref)  # unmerged adapters would fail the check above
 
 
-def test_xrec_injection_still_reaches_int8_projections():
-    from explainrec.methods.xrec.modeling import XRecModel
+def test_xrec_injection_still_reaches_int8_projections(tiny_xrec):
     from explainrec.methods.xrec.prompting import xrec_prompt
-    from explainrec.data import make_synthetic
 
-    llm, tok = load_llm("tiny", device="cpu")
-    uid, iid = XRecModel.prepare_tokenizer(llm, tok)
-    gen = torch.Generator().manual_seed(0)
-    model = XRecModel(llm, torch.randn(20, 8, generator=gen), torch.randn(15, 8, generator=gen),
-                      user_token_id=uid, item_token_id=iid).eval()
-    with torch.no_grad():
-        for ad in (model.user_adaptor, model.item_adaptor):
-            ad.weight.normal_(0.0, 0.3, generator=gen)
-    examples = make_synthetic(n_users=20, n_items=15, n_types=2, seed=1).examples[:3]
+    model, tok, examples = tiny_xrec
+    examples = examples[:3]
     batch = tok([render_prompt(tok, xrec_prompt(e)) for e in examples], add_special_tokens=False, padding=True,
                 padding_side="left", return_tensors="pt")
     user = torch.tensor([e.user for e in examples])

@@ -24,14 +24,6 @@ EXPLAINING = [n for n in ALL if registry.get(n).explains]
 TRAINING = [n for n in ALL if registry.get(n).trains]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return make_synthetic(n_users=30, n_items=25, n_types=2, seed=5)

@@ -3,20 +3,11 @@ serve_helpers.py)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from explainrec.methods import registry
 from explainrec.methods.runs import train_run
 
 SYNTHETIC = "synthetic:users=30,items=25,types=2"
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

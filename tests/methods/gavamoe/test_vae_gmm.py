@@ -20,15 +20,6 @@ from explainrec.methods.gavamoe.vae_gmm import InteractionSampler, VaeGmm
 from explainrec.train.checkpoint import CheckpointError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are overhead-bound; one thread is faster on a shared CPU and makes runs reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(likelihood: str = "gaussian", k: int = 3, seed: int = 0) -> VaeGmm:
     torch.manual_seed(seed)
     m = VaeGmm(20, 30, n_clusters=k, likelihood=likelihood, embed_dim=16, latent_dim=4, n_heads=2)

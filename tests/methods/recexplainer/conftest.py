@@ -8,17 +8,6 @@ from explainrec.data import make_synthetic
 from explainrec.methods.recexplainer.recommenders import fit_recommender
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test (tiny tensors: OpenMP hand-offs on the shared 2-core machine cost more)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def small_ds():
     """80 users, 50 items, timestamps (the sequential option)."""
