@@ -132,7 +132,8 @@ class Prepared:
     report what the generation did, e.g. GaVaMoE's most used experts, or read the text, e.g. RecExplainer's
     yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as they are: the
     shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the method can vouch
-    for.
+    for. ``messages``: per-pair chat messages when the prompt depends on what the model said first (RecExplainer
+    asks the decision, then why); None = ``Explainer.prompt`` of each pair.
     """
 
     cold_start: list[bool]
@@ -140,6 +141,7 @@ class Prepared:
     batch_context: Callable[..., AbstractContextManager] | None = None
     extras: Callable[[int, str], dict] = field(default=lambda i, text: {})
     generate_options: dict = field(default_factory=dict)
+    messages: list[list[dict]] | None = None
 
 
 @dataclass
@@ -177,7 +179,8 @@ class Explainer:
             return []
         generation = generation or GenerationConfig()
         prepared = self.prepare(pairs) if self.prepare is not None else Prepared(cold_start=self.cold_start(pairs))
-        prompts = [render_prompt(self.tokenizer, self.prompt(p)) for p in pairs]
+        messages = prepared.messages if prepared.messages is not None else [self.prompt(p) for p in pairs]
+        prompts = [render_prompt(self.tokenizer, m) for m in messages]
         texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress,
                                embed_fn=prepared.embed_fn, batch_context=prepared.batch_context,
                                streamer_for=streamer_for, **prepared.generate_options, **generation.generate_kwargs())

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
-from explainrec.methods.recexplainer.alignment_data import item_names, query_recommender
+from explainrec.methods.recexplainer.alignment_data import TEMPLATES, item_names, query_recommender
 from explainrec.methods.recexplainer.explanation_checks import (
+    DECISION_TEMPLATE,
     EXPLAIN_TEMPLATE,
     attribution,
     counterfactual_consistency,
     counterfactual_pairs,
     decision_agreement,
+    decisions,
+    explain,
     explanation_prompt,
     explanation_rows,
     grounding,
@@ -62,10 +65,17 @@ def test_explanation_rows_and_prompt(case, small_ds, small_sasrec):
         assert names[r["items"][0]] in r["prompt"][1]["content"]
     messages, soft = explanation_prompt(3, [1, 2], 7, names, "hybrid")
     assert soft == [3, 7] and USER_TOKEN in messages[1]["content"] and ITEM_TOKEN in messages[1]["content"]
-    assert "Yes or No" in EXPLAIN_TEMPLATE and "as the recommender would" in EXPLAIN_TEMPLATE
+    assert DECISION_TEMPLATE in TEMPLATES["interest"]  # the decision is asked exactly as Task 3 asks it
+    for decision, verdict in ((True, "The recommender recommends"), (False, "The recommender does not recommend")):
+        why, why_soft = explanation_prompt(3, [1, 2], 7, names, "hybrid", decision)
+        assert why_soft == [7, 3] and why[1]["content"].startswith(verdict) and "Explain why" in why[1]["content"]
+    # the explanation request must not read like Task 3's Yes/No question (the model answers those with one word)
+    assert "Yes or No" not in EXPLAIN_TEMPLATE and "?" not in EXPLAIN_TEMPLATE
     q = query_recommender(small_sasrec, small_ds, seed=0)
     test_rows = explanation_rows(small_ds, q, "intention", source="test", max_users=10)
     assert len(test_rows) == 20 and all(r["soft_ids"] == [r["user"], r["items"][0]] for r in test_rows)
+    assert all(r["why"]["Yes"][1] == r["soft_ids"][::-1] and "does not recommend" in r["why"]["No"][0][1]["content"]
+               for r in test_rows)
 
 
 def test_parse_decision():
@@ -153,3 +163,26 @@ def test_swapping_the_user_vector(small_ds, small_mf, tiny_llm):
     model = RecExplainerModel.from_recommender(llm, small_mf, user_token_id=uid, item_token_id=iid)
     dec = swapped_decisions(model, tok, rows, [r["user"] for r in rows])
     assert dec.shape == (len(rows),) and dec.dtype == bool
+    assert np.array_equal(dec, decisions(model, tok, rows))  # each row's own user: the unswapped decisions
+
+
+def test_explain_states_the_logit_decision_then_explains_it(small_ds, small_mf, tiny_llm, monkeypatch):
+    """The text starts with the decision read from Task 3's logits, and the generation is asked to explain that
+    decision (the prompt that states it), not the Yes/No question."""
+    import explainrec.methods.recexplainer.explanation_checks as ec
+    from explainrec.llm.load import load_llm
+    from explainrec.methods.recexplainer.modeling import RecExplainerModel
+
+    rows = explanation_rows(small_ds, query_recommender(small_mf, small_ds, seed=0), "hybrid", source="test",
+                            max_users=3)
+    llm, tok = load_llm("tiny")
+    uid, iid = RecExplainerModel.prepare_tokenizer(llm, tok)
+    model = RecExplainerModel.from_recommender(llm, small_mf, user_token_id=uid, item_token_id=iid)
+    seen = []
+    real = ec.generate_greedy
+    monkeypatch.setattr(ec, "generate_greedy", lambda m, t, asked, **kw: seen.extend(asked) or real(m, t, asked, **kw))
+    texts = explain(model, tok, rows, max_new_tokens=3)
+    said = decisions(model, tok, rows)
+    assert [t.split(".")[0] for t in texts] == ["Yes" if d else "No" for d in said]
+    assert [a["prompt"] for a in seen] == [r["why"]["Yes" if d else "No"][0] for r, d in zip(rows, said)]
+    assert decision_agreement(texts, ["Yes" if d else "No" for d in said])["agreement"] == 1.0

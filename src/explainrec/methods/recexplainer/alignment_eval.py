@@ -116,7 +116,8 @@ def next_token_logits(model, tokenizer, prompts: Sequence[str], soft_ids: Sequen
             ids, mask = ids.to(dev), mask.to(dev)
             emb = _embed(model, ids, soft_ids[lo: lo + batch_size])
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            logits = lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False,
+                        logits_to_keep=1).logits  # the head on the last position only
             out.append(logits[:, -1].float().cpu())
     finally:
         lm.train(was)

@@ -1,6 +1,7 @@
 """A loaded RecExplainer as an :class:`~explainrec.methods.base.Explainer`: asked whether the user will like the
-item and why, as the recommender would, it answers with a decision and an explanation; each row also carries the
-recommender's own verdict on the pair, so a reader sees whether the explanation agrees with what it explains."""
+item (Task 3's question, its Yes/No logits) and then why, as the recommender would, it answers with a decision and
+an explanation of it; each row also carries the recommender's own verdict on the pair, so a reader sees whether the
+explanation agrees with what it explains."""
 from __future__ import annotations
 
 import torch
@@ -16,18 +17,19 @@ def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items
     (behaviour) form, with the item called by its title when the pair gives one, and the row says ``cold_start``.
     """
     from explainrec.methods.llm_method import pair_ids
-    from explainrec.methods.recexplainer.explanation_checks import explanation_prompt, parse_decision
+    from explainrec.methods.recexplainer.explanation_checks import decisions, explanation_prompt
 
     model.eval()
 
-    def question(pair, u: int, i: int) -> tuple[list[dict], list[int], list[int]]:
-        """``(messages, soft ids, history)`` of one pair (``u``/``i``: the recommender's rows, -1 if unknown)."""
+    def question(pair, u: int, i: int, decision: bool | None = None) -> tuple[list[dict], list[int], list[int]]:
+        """``(messages, soft ids, history)`` of one pair (``u``/``i``: the recommender's rows, -1 if unknown):
+        the decision question, or with ``decision`` the request to explain it."""
         hist = [h for h in rec.recent_history(torch.tensor([u])).tolist()[0] if h >= 0] if u >= 0 else []
         if u >= 0 and i >= 0:
-            messages, soft = explanation_prompt(u, hist, i, names, variant)
+            messages, soft = explanation_prompt(u, hist, i, names, variant, decision)
         else:
             title = names[i] if i >= 0 else (pair.title or f"item {pair.item}")
-            messages, soft = explanation_prompt(max(u, 0), hist, len(names), names + [title], "behaviour")
+            messages, soft = explanation_prompt(max(u, 0), hist, len(names), names + [title], "behaviour", decision)
         return messages, soft, hist
 
     def ids_of(pair):
@@ -39,7 +41,10 @@ def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items
 
     def prepare(pairs) -> Prepared:
         u, i = pair_ids(rec, pairs, users, items)
-        asked = [question(p, int(a), int(b)) for p, a, b in zip(pairs, u.tolist(), i.tolist())]
+        ids = list(zip(u.tolist(), i.tolist()))
+        first = [question(p, a, b) for p, (a, b) in zip(pairs, ids)]
+        said = decisions(model, tokenizer, [{"prompt": m, "soft_ids": s} for m, s, _ in first])
+        asked = [question(p, a, b, bool(d)) for p, (a, b), d in zip(pairs, ids, said)]
         known = (u >= 0) & (i >= 0)
         score = torch.full((len(pairs),), float("nan"))
         quantile = torch.full((len(pairs),), float("nan"))
@@ -52,15 +57,14 @@ def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items
                 score[known] = s
 
         def extras(k: int, text: str) -> dict:
-            decision = parse_decision(text)
             q = float(quantile[k])
             verdict = None if q != q else ("yes" if q < 0.2 else "no" if q >= 0.5 else "undecided")
-            return {"decision": None if decision is None else ("yes" if decision else "no"),
+            return {"decision": "yes" if said[k] else "no",
                     "recommender_score": None if q != q else float(score[k]),
                     "recommender_top_fraction": None if q != q else round(q, 4),
                     "recommender_decision": verdict, "history": [names[h] for h in asked[k][2]]}
 
-        return Prepared(cold_start=[not bool(k) for k in known.tolist()],
+        return Prepared(cold_start=[not bool(k) for k in known.tolist()], messages=[a[0] for a in asked],
                         embed_fn=model.embed_fn([a[1] for a in asked]), extras=extras)
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt, prepare=prepare, model=model,

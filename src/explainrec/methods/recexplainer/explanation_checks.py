@@ -1,10 +1,14 @@
 """Automatic checks of RecExplainer's explanations, standing in for the paper's GPT-4 judge (method notes sec. 7).
 
-The explanation prompt asks whether the user will like an item and why, as the recommender would
-(:func:`explanation_rows` builds it on Task 3-style pairs whose recommender label and raw score are known). Each
-check measures one thing a faithful explanation must do; none needs a reference text:
+An explanation is asked in two steps (:func:`explain`): the decision first, as Task 3's Yes/No question read from
+the next-token logits, then "why", in a prompt that states that decision. One prompt asking both ("Will the user
+like X? Start with Yes or No, then explain why") opens like Task 3, whose alignment target is a bare "Yes"/"No", and
+the aligned model stops there (docs/results.md measured it: every test explanation a bare "Yes").
+:func:`explanation_rows` builds both prompts on Task 3-style pairs whose recommender label and raw score are known.
+The checks read the text a user sees, ``"Yes. <why>"``. Each measures one thing a faithful explanation must do;
+none needs a reference text:
 
-    decision agreement   the yes/no parsed from the text equals the recommender's label (the rubric's 0 vs >= 1)
+    decision agreement   the stated yes/no equals the recommender's label (the rubric's 0 vs >= 1)
     score probe          TF-IDF + ridge, cross-validated, predicts the recommender's raw score f(u, i) from the
                          text alone (the paper's BERT regressor, Table 3): lower MSE than a baseline set of texts
                          for the same pairs = the recommender's signal is in the words; also pos/neg AUC
@@ -29,35 +33,52 @@ from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
 from explainrec.methods.recexplainer.alignment_data import (
     NO,
     SYSTEM_PROMPT,
+    TEMPLATES,
     YES,
     RecommenderQueries,
     _Refs,
     _render,
     item_names,
 )
-from explainrec.methods.recexplainer.alignment_eval import find_mentions, normalize
-
-EXPLAIN_TEMPLATE = (
-    "Will {user} like {item}? Start your answer with Yes or No, then explain why, as the recommender would: "
-    "summarise the patterns in the user's history and say how well the item fits them."
+from explainrec.methods.recexplainer.alignment_eval import (
+    find_mentions,
+    generate_greedy,
+    next_token_logits,
+    normalize,
+    prompts_of,
+    yes_no_from_logits,
+    yes_no_token_ids,
 )
+
+DECISION_TEMPLATE = TEMPLATES["interest"][0]  # Task 3's first wording: the decision is its Yes/No logits
+EXPLAIN_TEMPLATE = (
+    "The recommender {verdict} {item} to {user}. Explain why, as the recommender would: summarise the patterns in "
+    "the user's history and say how well the item fits them. Write two or three sentences."
+)
+VERDICT = {True: "recommends", False: "does not recommend"}
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
 
 
 def explanation_prompt(user: int, history: Sequence[int], item: int, names: Sequence[str],
-                       variant: str = "hybrid") -> tuple[list[dict], list[int]]:
-    """Chat messages asking whether ``user`` will like ``item`` and why, as the recommender would; and the soft ids
-    (in placeholder order) the variant needs."""
+                       variant: str = "hybrid", decision: bool | None = None) -> tuple[list[dict], list[int]]:
+    """Chat messages and the soft ids (in placeholder order) the variant needs: with ``decision=None`` the Task 3
+    question whose Yes/No logits give the decision; with a decision, the request to explain it."""
     refs = _Refs(variant, list(names))
-    text, soft = _render(EXPLAIN_TEMPLATE, {"user": refs.user(user, refs.history_text(history)), "item": refs.item(item)})
+    fields = {"user": refs.user(user, refs.history_text(history)), "item": refs.item(item)}
+    if decision is None:
+        text, soft = _render(DECISION_TEMPLATE, fields)
+    else:
+        text, soft = _render(EXPLAIN_TEMPLATE, {**fields, "verdict": (VERDICT[bool(decision)], [])})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}], soft
 
 
 def explanation_rows(dataset, queries: RecommenderQueries, variant: str = "hybrid", *, source: str = "test",
                      max_users: int | None = None, seed: int = 0, max_title_chars: int = 60) -> list[dict]:
     """Explanation prompts on the recommender's Task 3 pairs, two per user (a Yes item and a No item).
+
+    Each row's ``prompt``/``soft_ids`` ask the decision; ``why[Yes|No]`` = ``(messages, soft ids)`` explaining it.
 
     ``source``: ``test`` = the test-split pairs (the paper explains its Task 3 test pairs), ``train`` = the train
     pairs (e.g. to fit a probe on more texts). ``max_users`` draws a seeded subset. Rows carry ``label`` (the
@@ -82,8 +103,10 @@ def explanation_rows(dataset, queries: RecommenderQueries, variant: str = "hybri
         u, hist = int(q.users[r]), [int(i) for i in q.history[r] if i >= 0]
         for it, lb, sc in ((item, lab, score), (other, 1 - lab, other_score)):
             messages, soft = explanation_prompt(u, hist, int(it), names, variant)
+            why = {answer: explanation_prompt(u, hist, int(it), names, variant, decision=answer == YES)
+                   for answer in (YES, NO)}
             rows.append({"task": "explain", "variant": variant, "split": source, "prompt": messages, "target": "",
-                         "user": u, "items": [int(it)], "soft_ids": soft, "history": hist,
+                         "user": u, "items": [int(it)], "soft_ids": soft, "history": hist, "why": why,
                          "label": YES if lb else NO, "score": float(sc)})
     return rows
 
@@ -119,6 +142,22 @@ def decision_agreement(texts: Sequence[str], labels: Sequence[str | bool]) -> di
     agree = sum(p is not None and p == t for p, t in zip(parsed, truth))
     return {"agreement": agree / n if n else float("nan"),
             "parsed": sum(p is not None for p in parsed) / n if n else float("nan"), "n": n}
+
+
+def decisions(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8) -> np.ndarray:
+    """The model's Yes (True) / No on each row's decision prompt, from the next-token logits as in Task 3."""
+    yes_id, no_id = yes_no_token_ids(tokenizer)
+    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, rows), [r["soft_ids"] for r in rows],
+                               batch_size=batch_size)
+    return yes_no_from_logits(logits, yes_id, no_id).numpy()
+
+
+def explain(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int = 96) -> list[str]:
+    """``"Yes. <why>"`` / ``"No. <why>"`` per row of :func:`explanation_rows`: the decision, then its explanation."""
+    said = [YES if d else NO for d in decisions(model, tokenizer, rows)]
+    asked = [{**r, "prompt": r["why"][a][0], "soft_ids": r["why"][a][1]} for r, a in zip(rows, said)]
+    why = generate_greedy(model, tokenizer, asked, max_new_tokens=max_new_tokens)
+    return [f"{a}. {t.strip()}" for a, t in zip(said, why)]
 
 
 # ---------------------------------------------------------------------------------------------------- (b) probe
@@ -339,15 +378,5 @@ def with_swapped_user(row: dict, swap_user: int) -> dict:
 def swapped_decisions(model, tokenizer, rows: Sequence[dict], swap_users: Sequence[int], *,
                       batch_size: int = 8) -> np.ndarray:
     """The model's Yes/No (next-token logits, as Task 3) on ``rows`` with each row's user vector swapped."""
-    from explainrec.methods.recexplainer.alignment_eval import (
-        next_token_logits,
-        prompts_of,
-        yes_no_from_logits,
-        yes_no_token_ids,
-    )
-
-    swapped = [with_swapped_user(r, v) for r, v in zip(rows, swap_users)]
-    yes_id, no_id = yes_no_token_ids(tokenizer)
-    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, swapped), [r["soft_ids"] for r in swapped],
-                               batch_size=batch_size)
-    return yes_no_from_logits(logits, yes_id, no_id).numpy()
+    return decisions(model, tokenizer, [with_swapped_user(r, v) for r, v in zip(rows, swap_users)],
+                     batch_size=batch_size)

@@ -130,12 +130,12 @@ def _behaviour_form(dataset, rec, cfg, rows: list[dict]) -> list[dict]:
 def explanation_checks(model, tokenizer, rec, names, dataset, queries, cfg, *, n: int, base=None,
                        max_new_tokens: int = 96) -> dict:
     """Decision agreement, score probe, grounding, attribution and counterfactual on ``n`` explanations."""
-    from explainrec.methods.recexplainer.alignment_eval import generate_greedy
     from explainrec.methods.recexplainer.explanation_checks import (
         attribution,
         counterfactual_consistency,
         counterfactual_pairs,
         decision_agreement,
+        explain,
         explanation_rows,
         grounding,
         influence_of,
@@ -144,7 +144,7 @@ def explanation_checks(model, tokenizer, rec, names, dataset, queries, cfg, *, n
     )
 
     rows = explanation_rows(dataset, queries, cfg.variant, source="test", max_users=max(1, n // 2), seed=cfg.seed)
-    texts = generate_greedy(model, tokenizer, rows, max_new_tokens=max_new_tokens)
+    texts = explain(model, tokenizer, rows, max_new_tokens=max_new_tokens)
     labels = [r["label"] for r in rows]
     scores = [r["score"] for r in rows]
     users, items = [r["user"] for r in rows], [r["items"][0] for r in rows]
@@ -156,7 +156,7 @@ def explanation_checks(model, tokenizer, rec, names, dataset, queries, cfg, *, n
     if base is not None:
         text_rows = explanation_rows(dataset, queries, "behaviour", source="test", max_users=max(1, n // 2),
                                      seed=cfg.seed)
-        baseline_texts = generate_greedy(base[0], base[1], text_rows, max_new_tokens=max_new_tokens)
+        baseline_texts = explain(base[0], base[1], text_rows, max_new_tokens=max_new_tokens)
         out["zero-shot"] = {"decision": decision_agreement(baseline_texts, labels),
                             "grounding": grounding(baseline_texts, [r["history"] for r in rows], items, names)}
     out["decision"] = decision_agreement(texts, labels)
