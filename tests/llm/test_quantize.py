@@ -194,3 +194,48 @@ def test_xrec_injection_still_reaches_int8_projections(tiny_xrec):
     assert isinstance(model.llm.model.layers[0].self_attn.q_proj, Int8Linear)
     assert rel_err(got, ref) < 0.1
     assert rel_err(input_only, got) > 2 * rel_err(got, ref)  # the per-layer injection still acts on int8
+
+
+def test_outlier_channels_stay_float_and_keep_the_rest_precise():
+    """A token with one massive channel: int8 alone loses the small channels, the float outlier split does not;
+    an input that lives only on the outlier channels is computed exactly in float."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(5, 64)
+    x[:, 7] = 300.0  # the same channel is huge on every token, as in SmolLM2's hidden states
+    plain, split = Int8Linear.from_linear(lin), Int8Linear.from_linear(lin, outliers=torch.tensor([7]))
+    small = lin(x) - x[:, 7:8] * lin.weight[:, 7]  # the part the other 63 channels carry
+    err_plain = rel_err(plain(x) - x[:, 7:8] * lin.weight[:, 7], small.detach())
+    err_split = rel_err(split(x) - x[:, 7:8] * lin.weight[:, 7], small.detach())
+    assert err_split < 0.02 < err_plain
+    only = torch.zeros(3, 64)
+    only[:, 7] = torch.tensor([1.5, -2.0, 40.0])
+    torch.testing.assert_close(split(only), lin(only).detach(), atol=1e-5, rtol=1e-5)
+    assert "1 input channels float" in repr(split)
+
+
+def test_calibration_finds_the_massive_channel_and_siblings_do_not_share_across_outlier_sets():
+    model, tok = load_llm("tiny", device="cpu")
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, 3] = 80.0  # channel 3 of the residual stream dominates every token
+    ids = tok(QUESTIONS[1], return_tensors="pt")["input_ids"]
+    found = q.outlier_channels(model, lambda: model(ids), k=2)
+    first = model.model.layers[0]
+    assert 3 in found[first.self_attn.q_proj].tolist() and 3 in found[first.mlp.gate_proj].tolist()
+    assert torch.equal(found[first.self_attn.q_proj], found[first.self_attn.k_proj])  # same input, same channels
+    reference = copy.deepcopy(model)
+    plain = copy.deepcopy(model)
+    quantize_for_cpu(plain, "int8")
+    quantize_for_cpu(model, "int8", outliers=found)
+    assert model.model.layers[0].self_attn.q_proj.outliers is not None
+    with torch.no_grad():
+        want = reference(ids).logits
+        assert rel_err(model(ids).logits, want) < rel_err(plain(ids).logits, want)
+    slot = q.SharedInput()
+    a = Int8Linear.from_linear(nn.Linear(8, 4), outliers=torch.tensor([1]))
+    b = Int8Linear.from_linear(nn.Linear(8, 4))
+    a.shared = b.shared = slot
+    x = torch.randn(3, 8)
+    a(x)
+    fresh = Int8Linear(b.weight_int8, b.weight_scale, b.bias)
+    assert torch.equal(b(x), fresh(x))  # b must not reuse a's input, quantised without channel 1

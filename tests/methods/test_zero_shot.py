@@ -100,3 +100,20 @@ def test_bad_arguments(tiny_llm, tmp_path):
     with pytest.raises(DataError, match="unknown split 'dev'"):
         explain_split(_explainer(tiny_llm), _dataset(), "dev", out=tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_int8_precision_calibrates_float_outlier_channels_first(monkeypatch):
+    """apply_precision('int8') runs one calibration explanation in float, then quantises with its outlier channels."""
+    from explainrec.llm import quantize
+    from explainrec.methods.model_folder import apply_precision
+
+    explainer = registry.get("zero-shot").untrained(registry.get("zero-shot").make_config("tiny"))
+    calls = []
+    real = quantize.outlier_channels
+    monkeypatch.setattr(quantize, "outlier_channels", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    apply_precision(explainer, "int8")
+    linears = [m for m in explainer.llm.modules() if isinstance(m, quantize.Int8Linear)]
+    assert calls == [1] and linears and all(m.outliers is not None and len(m.outliers) == quantize.OUTLIER_CHANNELS
+                                            for m in linears)
+    assert explainer.info["precision"] == "int8"
+    assert explainer.explain([Pair("u1", "i1", title="Cafe")], GenerationConfig(max_new_tokens=3))[0]["prediction"]

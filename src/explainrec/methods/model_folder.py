@@ -183,7 +183,8 @@ def apply_precision(explainer, precision: str | None):
     if resolved == "int8":
         from explainrec.llm import quantize
 
-        quantize.quantize_for_cpu(model, precision="int8")
+        found = quantize.outlier_channels(model, lambda: _calibration_run(explainer))
+        quantize.quantize_for_cpu(model, precision="int8", outliers=found)
     else:  # as loaded: say which dtype that is (a GPU run loads bf16)
         import torch
 
@@ -191,6 +192,22 @@ def apply_precision(explainer, precision: str | None):
         resolved = "fp32" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
     explainer.info["precision"] = resolved
     return explainer
+
+
+def _calibration_run(explainer) -> None:
+    """One short explanation in float, for int8's outlier channels: a pair the model knows (its first user and
+    item, fixed text), through the method's own prompt and inputs, so the forward is the one generation will run."""
+    from explainrec.data.schema import Pair
+    from explainrec.llm.decoding import GenerationConfig
+
+    def first(known, fallback: str) -> str:
+        return known.raw[0] if known is not None and len(known) else fallback
+
+    pair = Pair(first(explainer.known_users, "calibration-user"), first(explainer.known_items, "calibration-item"),
+                title="A well reviewed neighbourhood cafe",
+                user_profile="Enjoys quiet places with good coffee, friendly staff and fair prices.",
+                item_profile="A small cafe known for its espresso, fresh pastries and a calm room to read in.")
+    explainer.explain([pair], GenerationConfig(max_new_tokens=2))
 
 
 def describe(path: str | Path) -> str:
