@@ -38,7 +38,7 @@ from explainrec.data import load_dataset
 from explainrec.data.prompts import build_messages, render_prompt
 from explainrec.llm.generate import GenerationStats, generate_texts
 from explainrec.llm.load import load_llm
-from explainrec.llm.quantize import quantize_for_cpu
+from explainrec.llm.quantize import outlier_channels, quantize_for_cpu
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xrec" / "google"
 METHODS = ("zero-shot", "base", "gavamoe")
@@ -260,7 +260,10 @@ def main() -> None:
         print(f"\n[{method}]")
         fp32, tok, prompts, run = method_setup(method, args.model, examples, n_users, n_items)
         int8 = copy.deepcopy(fp32)
-        print(f"  {quantize_for_cpu(int8, 'int8')}")
+        # the default's float outlier channels, found on one float prefill of these prompts (the shipped path,
+        # apply_precision, finds them on one fixed pair: the channels, not the speed, may differ)
+        found = outlier_channels(int8, lambda: run(int8, max_new_tokens=1, batch_size=args.new_batch))
+        print(f"  {quantize_for_cpu(int8, 'int8', outliers=found)}")
         lengths = [len(r) for r in tok(prompts, add_special_tokens=False)["input_ids"]]
         print(f"  prompt tokens: min {min(lengths)}, mean {statistics.mean(lengths):.0f}, max {max(lengths)}")
         warm = {"max_new_tokens": 2, "batch_size": 2}

@@ -174,6 +174,7 @@ class QuantReport:
     head: str | None = None
     self_quantized: list[str] = field(default_factory=list)
     merged_lora: int = 0
+    float_channels: int = 0  # input channels kept in float, summed over the quantised Linears
     bytes_before: int = 0
     bytes_after: int = 0
 
@@ -184,6 +185,7 @@ class QuantReport:
             f"precision {self.precision}: {len(self.linears)} linears, head {'int8' if self.head else 'float'}, "
             f"{len(self.self_quantized)} expert blocks"
             + (f", {self.merged_lora} LoRA layers merged" if self.merged_lora else "")
+            + (f", {self.float_channels} outlier input channels float" if self.float_channels else "")
             + f"; weights {self.bytes_before / 2**20:.0f} MiB -> {self.bytes_after / 2**20:.0f} MiB"
         )
 
@@ -278,12 +280,14 @@ def quantize_for_cpu(model: nn.Module, precision: str = "int8", *, head: bool = 
                 parent = layer.get_submodule(parent_name) if parent_name else layer
                 qlinear = Int8Linear.from_linear(module, outliers=outliers.get(module))
                 qlinear.shared = shared
+                report.float_channels += len(qlinear._key or ())
                 setattr(parent, child, qlinear)
                 report.linears.append(f"layers.{i}.{name}")
     out = llm.get_output_embeddings() if hasattr(llm, "get_output_embeddings") else None
     if head and isinstance(out, nn.Linear):
         # a quantised copy: the (tied) input embedding keeps its float weight
         qhead = Int8Linear.from_linear(out, outliers=outliers.get(out))
+        report.float_channels += len(qhead._key or ())
         llm.set_output_embeddings(qhead)
         report.head = "int8"
     report.bytes_after = _tensor_bytes(llm)
