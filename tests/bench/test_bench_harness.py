@@ -93,6 +93,7 @@ def test_mini_config_end_to_end(finished):
     # RecExplainer: its alignment report beside the text metrics
     assert (runs / "recexplainer-h" / "seed0" / "alignment.json").exists()
     assert "## Alignment to the recommender (Table 1)" in report and "| recexplainer-h (hybrid) |" in report
+    assert "| random | " in report and "| popularity | " in report  # the report's own baseline rows
 
 
 def test_rerun_skips_finished_runs(finished, tmp_path, monkeypatch):

@@ -398,13 +398,12 @@ def section_alignment(cfg, results, runs, out) -> list[str]:
                         is not None and v == v]
                 cells.append(_cell("usr", vals) if vals else "–")
             lines.append(f"| {run} ({variant}) | " + " | ".join(cells) + " |")
-            baselines = baselines or reports[0]["alignment"]
+            # the rows beside the aligned model (untrained LLM, random, ...), as the method's report wrote them
+            baselines = baselines or {n: row for n, row in reports[0]["alignment"].items() if n != variant}
             checks.append((run, reports))
-        for name in ("zero-shot", "random", "popularity"):
-            if baselines and name in baselines:
-                cells = [("–" if (v := (baselines[name].get(t) or {}).get(k)) is None or v != v else f"{v:.4f}")
-                         for t, k, _ in columns]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for name, row in (baselines or {}).items():
+            cells = [("–" if (v := (row.get(t) or {}).get(k)) is None or v != v else f"{v:.4f}") for t, k, _ in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if checks:
             lines += ["", "| run | decision agrees | probe MSE (zero-shot texts) | probe AUC | grounded | "
                       "hallucinated / text | attribution lift | counterfactual follows |", "|---|" + "---:|" * 7]

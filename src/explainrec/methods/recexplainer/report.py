@@ -50,15 +50,15 @@ def alignment_report(run: str | Path, dataset: Dataset, *, limit: int | None = 1
     catalogue = rec.n_items <= catalogue_max
     echo(f"[evaluate-alignment] {cfg.variant}: {len(rows)} held-out rows, at most {limit} per task")
     table = {cfg.variant: evaluate_alignment(model, tokenizer, rows, names, limit=limit, catalogue_ranking=catalogue)}
-    popularity = np.bincount(dataset.interactions.of_split("train").item, minlength=dataset.n_items)
-    table.update(baseline_metrics(_first_per_task(rows, limit), popularity, seed=cfg.seed))
     base = None
-    if zero_shot:
+    if zero_shot:  # the rows after the variant's are its baselines, in the order tables show them
         base, base_tok = load_llm(cfg.model, device="cpu", dtype="float32")
         text_rows = _behaviour_form(dataset, rec, cfg, rows)
         key = zero_shot_key(cfg.model, _first_per_task(text_rows, limit), names, catalogue)
         table["zero-shot"] = _cached(key, echo, lambda: evaluate_alignment(
             base, base_tok, text_rows, names, limit=limit, catalogue_ranking=catalogue))
+    popularity = np.bincount(dataset.interactions.of_split("train").item, minlength=dataset.n_items)
+    table.update(baseline_metrics(_first_per_task(rows, limit), popularity, seed=cfg.seed))
     report = {"run": str(run), "variant": cfg.variant, "recommender": rec.config, "limit_per_task": limit,
               "catalogue_ranking": catalogue, "columns": [list(c) for c in TASK_COLUMNS], "alignment": table}
     if explanations:
