@@ -129,10 +129,10 @@ class Prepared:
 
     ``embed_fn(input_ids, index)`` and ``batch_context(input_ids, index)`` are the hooks of
     :func:`explainrec.llm.generate.generate_texts`; ``extras(i, text)`` is called after generation (so it can
-    report what the generation did, e.g. GaVaMoE's most used experts, or read the text, e.g. RecExplainer's
-    yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as they are: the
-    shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the method can vouch
-    for. ``messages``: per-pair chat messages when the prompt depends on what the model said first (RecExplainer
+    report what the generation did, e.g. GaVaMoE's most used experts, or what the method decided first, e.g.
+    RecExplainer's yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as
+    they are: the shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the
+    method can vouch for. ``messages``: per-pair chat messages when the prompt depends on what the model said first (RecExplainer
     asks the decision, then why); None = ``Explainer.prompt`` of each pair.
     """
 

@@ -124,15 +124,20 @@ def next_token_logits(model, tokenizer, prompts: Sequence[str], soft_ids: Sequen
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def decisions(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8) -> np.ndarray:
+    """The model's Yes (True) / No on each row's prompt, from the next-token logits (Task 3's reading)."""
+    yes_id, no_id = yes_no_token_ids(tokenizer)
+    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, rows), [r["soft_ids"] for r in rows],
+                               batch_size=batch_size)
+    return yes_no_from_logits(logits, yes_id, no_id).numpy()
+
+
 def interest_accuracy(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8) -> dict:
     """Task 3: accuracy of the Yes/No decision from the next-token logits against the rows' (recommender) labels."""
     rows = [r for r in rows if r["task"] == "interest"]
     if not rows:
         return {"accuracy": float("nan"), "yes_rate": float("nan"), "n": 0}
-    yes_id, no_id = yes_no_token_ids(tokenizer)
-    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, rows), [r["soft_ids"] for r in rows],
-                               batch_size=batch_size)
-    pred = yes_no_from_logits(logits, yes_id, no_id)
+    pred = torch.from_numpy(decisions(model, tokenizer, rows, batch_size=batch_size))
     truth = torch.tensor([r["target"] == YES for r in rows])
     return {"accuracy": float((pred == truth).float().mean()), "yes_rate": float(pred.float().mean()), "n": len(rows)}
 
@@ -413,7 +418,7 @@ def expected_random_graded_ndcg(n: int = 5) -> float:
     return (sum(gains) / n) * sum(disc) / sum(g * d for g, d in zip(gains, disc))
 
 
-__all__ = ["LIST_SEP", "answer_log_likelihoods", "baseline_metrics", "evaluate_alignment", "expected_random_graded_ndcg",
-           "find_mentions", "generate_candidates", "generate_greedy", "history_coverage", "interest_accuracy",
+__all__ = ["LIST_SEP", "answer_log_likelihoods", "baseline_metrics", "decisions", "evaluate_alignment",
+           "expected_random_graded_ndcg", "find_mentions", "generate_candidates", "generate_greedy", "history_coverage", "interest_accuracy",
            "next_item_catalogue_metrics", "next_item_metrics", "next_token_logits", "normalize", "parse_ranking",
            "ranking_ndcg", "split_titles", "yes_no_from_logits", "yes_no_token_ids"]

@@ -17,34 +17,31 @@ def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items
     (behaviour) form, with the item called by its title when the pair gives one, and the row says ``cold_start``.
     """
     from explainrec.methods.llm_method import pair_ids
-    from explainrec.methods.recexplainer.explanation_checks import decisions, explanation_prompt
+    from explainrec.methods.recexplainer.alignment_eval import decisions
+    from explainrec.methods.recexplainer.explanation_checks import explanation_prompt
 
     model.eval()
 
-    def question(pair, u: int, i: int, decision: bool | None = None) -> tuple[list[dict], list[int], list[int]]:
-        """``(messages, soft ids, history)`` of one pair (``u``/``i``: the recommender's rows, -1 if unknown):
-        the decision question, or with ``decision`` the request to explain it."""
+    def asker(pair, u: int, i: int):
+        """``(ask, history)`` of one pair (``u``/``i``: the recommender's rows, -1 if unknown); ``ask(decision)`` gives
+        ``(messages, soft ids)``: the decision question (None), or the request to explain that decision."""
         hist = [h for h in rec.recent_history(torch.tensor([u])).tolist()[0] if h >= 0] if u >= 0 else []
         if u >= 0 and i >= 0:
-            messages, soft = explanation_prompt(u, hist, i, names, variant, decision)
-        else:
-            title = names[i] if i >= 0 else (pair.title or f"item {pair.item}")
-            messages, soft = explanation_prompt(max(u, 0), hist, len(names), names + [title], "behaviour", decision)
-        return messages, soft, hist
-
-    def ids_of(pair):
-        u, i = pair_ids(rec, [pair], users, items)
-        return int(u[0]), int(i[0])
+            return (lambda decision: explanation_prompt(u, hist, i, names, variant, decision)), hist
+        title = names[i] if i >= 0 else (pair.title or f"item {pair.item}")
+        return (lambda decision: explanation_prompt(max(u, 0), hist, len(names), names + [title], "behaviour",
+                                                    decision)), hist
 
     def prompt(pair) -> list[dict]:
-        return question(pair, *ids_of(pair))[0]
+        u, i = pair_ids(rec, [pair], users, items)
+        return asker(pair, int(u[0]), int(i[0]))[0](None)[0]
 
     def prepare(pairs) -> Prepared:
         u, i = pair_ids(rec, pairs, users, items)
-        ids = list(zip(u.tolist(), i.tolist()))
-        first = [question(p, a, b) for p, (a, b) in zip(pairs, ids)]
-        said = decisions(model, tokenizer, [{"prompt": m, "soft_ids": s} for m, s, _ in first])
-        asked = [question(p, a, b, bool(d)) for p, (a, b), d in zip(pairs, ids, said)]
+        askers = [asker(p, a, b) for p, a, b in zip(pairs, u.tolist(), i.tolist())]
+        first = [ask(None) for ask, _ in askers]
+        said = decisions(model, tokenizer, [{"prompt": m, "soft_ids": s} for m, s in first])
+        asked = [(*ask(bool(d)), hist) for (ask, hist), d in zip(askers, said)]
         known = (u >= 0) & (i >= 0)
         score = torch.full((len(pairs),), float("nan"))
         quantile = torch.full((len(pairs),), float("nan"))

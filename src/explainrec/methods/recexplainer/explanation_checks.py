@@ -40,15 +40,7 @@ from explainrec.methods.recexplainer.alignment_data import (
     _render,
     item_names,
 )
-from explainrec.methods.recexplainer.alignment_eval import (
-    find_mentions,
-    generate_greedy,
-    next_token_logits,
-    normalize,
-    prompts_of,
-    yes_no_from_logits,
-    yes_no_token_ids,
-)
+from explainrec.methods.recexplainer.alignment_eval import decisions, find_mentions, generate_greedy, normalize
 
 DECISION_TEMPLATE = TEMPLATES["interest"][0]  # Task 3's first wording: the decision is its Yes/No logits
 EXPLAIN_TEMPLATE = (
@@ -142,14 +134,6 @@ def decision_agreement(texts: Sequence[str], labels: Sequence[str | bool]) -> di
     agree = sum(p is not None and p == t for p, t in zip(parsed, truth))
     return {"agreement": agree / n if n else float("nan"),
             "parsed": sum(p is not None for p in parsed) / n if n else float("nan"), "n": n}
-
-
-def decisions(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8) -> np.ndarray:
-    """The model's Yes (True) / No on each row's decision prompt, from the next-token logits as in Task 3."""
-    yes_id, no_id = yes_no_token_ids(tokenizer)
-    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, rows), [r["soft_ids"] for r in rows],
-                               batch_size=batch_size)
-    return yes_no_from_logits(logits, yes_id, no_id).numpy()
 
 
 def explain(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int = 96) -> list[str]:
