@@ -384,29 +384,43 @@ def evaluate_alignment(
 @app.command()
 @boundary
 def compare(
-    predictions_a: Path = typer.Argument(..., help="Predictions of method A (JSON lines, as for evaluate)."),
-    predictions_b: Path = typer.Argument(..., help="Predictions of method B on the same test pairs."),
+    predictions_a: Path = typer.Argument(..., help="Predictions of method A (JSON lines, as for evaluate), or a run "
+                                         "group folder with seedK/predictions.jsonl (a bench's OUT/DATASET/RUN)."),
+    predictions_b: Path = typer.Argument(..., help="Predictions of method B on the same test pairs (a file, or a run "
+                                         "group folder like A's)."),
     names: Optional[str] = typer.Option(None, "--names", help="Labels 'A,B' for the table (default: the parent folders)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compare BERTScore too (needs the encoder)."),
     resamples: int = typer.Option(10_000, "--resamples", min=100, help="Bootstrap and permutation resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
 ) -> None:
-    """Paired test of B against A on the pairs both explained: mean gap, bootstrap 95% interval, permutation p."""
-    from explainrec.io import atomic_write_json
-    from explainrec.metrics import load_predictions
-    from explainrec.metrics.significance import compare as run_compare
-    from explainrec.metrics.significance import to_markdown as compare_markdown
+    """Paired test of B against A on the pairs both explained: mean gap, bootstrap 95% interval, permutation p.
 
-    for p, opt in ((predictions_a, "PREDICTIONS_A"), (predictions_b, "PREDICTIONS_B")):
-        check_input_file(p, option=opt)
-    labels = tuple(names.split(",", 1)) if names else (predictions_a.parent.name, predictions_b.parent.name)
+    Two run group folders: the same per seed both have, then the seeds' mean gap with a one-sample t-test."""
+    from explainrec.io import atomic_write_json
+    from explainrec.metrics import load_predictions, significance
+
+    folders = predictions_a.is_dir(), predictions_b.is_dir()
+    if any(folders) and not all(folders):
+        raise UsageError("compare takes two prediction files or two run group folders (seedK/predictions.jsonl), "
+                         f"not one of each: {predictions_a}, {predictions_b}")
+    if not all(folders):
+        for p, opt in ((predictions_a, "PREDICTIONS_A"), (predictions_b, "PREDICTIONS_B")):
+            check_input_file(p, option=opt)
+    default = (predictions_a.name, predictions_b.name) if all(folders) else (predictions_a.parent.name,
+                                                                             predictions_b.parent.name)
+    labels = tuple(names.split(",", 1)) if names else default
     if len(labels) != 2 or not all(label.strip() for label in labels):
         raise UsageError(f"--names takes two labels 'A,B'; got {names!r}")
     if out is not None:
         check_output_file(out, inputs=(predictions_a, predictions_b))
-    result = run_compare(load_predictions(predictions_a), load_predictions(predictions_b), names=labels,
-                         bertscore=bertscore, n_resamples=resamples)
-    typer.echo(compare_markdown(result))
+    kw = dict(names=labels, bertscore=bertscore, n_resamples=resamples)
+    if all(folders):
+        result = significance.compare_seeds(significance.seed_files(predictions_a),
+                                            significance.seed_files(predictions_b), **kw)
+        typer.echo(significance.seeds_to_markdown(result))
+    else:
+        result = significance.compare(load_predictions(predictions_a), load_predictions(predictions_b), **kw)
+        typer.echo(significance.to_markdown(result))
     if out is not None:
         atomic_write_json(out, result)
         typer.echo(f"\nwrote {out}")

@@ -63,6 +63,9 @@ def test_mini_config_end_to_end(finished):
                  "## Number of gates K (Table 3)", "| vae-gmm-k3 | 3 |", "## Sparsity (Figure 4)", "**ds1**",
                  "## Latent space (Figure 5)", "## Cost per run", "```yaml", "Machine:"):
         assert text in report, text
+    # the ablation says what each of its runs sets, from the config (not from a fixed text about one method)
+    assert '- `single-gate`: gavamoe, {"moe": {"variant": "single-gate"}}' in report
+    assert "- `gavamoe`: gavamoe, its defaults" in report
     for name in ("ablation_synthetic", "sparsity_synthetic", "gates_synthetic", "latent_synthetic_gavamoe_seed0",
                  "latent_synthetic_vae-gmm-k3_seed0"):
         png = out / "figures" / f"{name}.png"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from explainrec.cli import app
 from explainrec.data.schema import DataError
-from explainrec.metrics.significance import align, compare, paired_bootstrap
+from explainrec.metrics.significance import align, compare, over_seeds, paired_bootstrap
 
 REFS = ["the user loves thrilling mysteries", "the pizza is great and the staff friendly",
         "a cozy romance for a rainy day", "a fun read with strong and funny characters",
@@ -83,3 +83,38 @@ def test_cli_compare_prints_the_table_and_writes_json(tmp_path):
     assert res.exit_code == 0, res.output
     assert "gavamoe - base" in res.output and "| rougeL |" in res.output
     assert json.loads(out.read_text())["names"] == ["base", "gavamoe"]
+
+
+def test_over_seeds_is_a_t_test_on_the_seed_gaps():
+    steady = over_seeds([2.0, 2.2, 1.8])
+    assert steady["diff"] == pytest.approx(2.0) and steady["ci_low"] > 0 and steady["p_value"] < 0.05
+    assert steady["b_ahead"] == 3 and steady["seeds"] == 3
+    mixed = over_seeds([3.0, -2.0, 0.5])
+    assert mixed["ci_low"] < 0 < mixed["ci_high"] and mixed["p_value"] > 0.5 and mixed["b_ahead"] == 2
+    assert over_seeds([1.5])["p_value"] is None  # one seed: a gap, no test
+
+
+def _group(root, name, preds_per_seed):
+    for seed, preds in preds_per_seed.items():
+        path = root / name / f"seed{seed}" / "predictions.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(json.dumps(r) for r in _rows(preds)) + "\n")
+    return root / name
+
+
+def test_cli_compare_two_run_groups_tests_each_shared_seed_then_over_seeds(tmp_path):
+    bad = ["nothing to do with it"] * 6
+    half = REFS[:3] + bad[3:]
+    a = _group(tmp_path, "xrec", {0: bad, 1: bad, 2: bad})
+    b = _group(tmp_path, "mmp-refer", {0: REFS, 1: half, 3: REFS})  # seed 2 missing on B's side, seed 3 on A's
+    out = tmp_path / "cmp.json"
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--no-bertscore", "--resamples", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["seeds"] == ["seed0", "seed1"] and result["missing"] == [["seed2"], ["seed3"]]
+    per = {s: r["metrics"]["rougeL"]["diff"] for s, r in result["per_seed"].items()}
+    assert per["seed0"] > per["seed1"] > 0  # all references vs half of them
+    assert result["over_seeds"]["rougeL"]["diff"] == pytest.approx((per["seed0"] + per["seed1"]) / 2)
+    assert "| over seeds |" in res.output and "mmp-refer minus xrec" in res.output
+    mixed = CliRunner().invoke(app, ["compare", str(a), str(a / "seed0" / "predictions.jsonl"), "--no-bertscore"])
+    assert mixed.exit_code == 2 and "not one of each" in mixed.output

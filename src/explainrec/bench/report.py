@@ -257,10 +257,16 @@ def section_main(cfg, results, runs, out) -> list[str]:
     return lines
 
 
+def _settings(run: dict) -> str:
+    """A run's entry of the config in words: its method, then the options it sets (or that it sets none)."""
+    options = run.get("options") or {}
+    return f"{run['method']}" + (f", {json.dumps(options, sort_keys=True)}" if options else ", its defaults")
+
+
 def section_ablation(cfg, results, runs, out) -> list[str]:
-    lines = ["## Ablation (Figure 3)", "",
-             "Variants of GaVaMoE: `single-gate` = w/o multi-gating, `coarse` = w/o fine-grained experts, "
-             "`base` = the dense LLM with the same soft tokens and joint loss.", ""]
+    lines = ["## Ablation (Figure 3)", "", "What each run sets (its method and options; the config's `defaults:` "
+             "apply beneath):", ""]
+    lines += [f"- `{name}`: {_settings(cfg['runs'][name])}" for name in runs if name in cfg["runs"]] + [""]
     for ds in _datasets(cfg):
         groups = _groups(results, ds, runs)
         lines += [f"### {ds}", ""] + _metric_table(groups)

@@ -5,10 +5,14 @@ the split. Pairing the two methods' scores pair by pair removes the pairs' own d
 bootstrap gives a confidence interval of the mean gap and a sign-flip permutation test its p-value (both from
 scipy.stats). Only per-pair metrics are compared (sentence BLEU, ROUGE, BERTScore, length); corpus-level BLEU and
 Distinct have no per-pair value.
+
+Across training runs (seeds) the unit is the run, not the pair: :func:`compare_seeds` tests each seed's pair of
+runs as above, then the seeds' mean gaps with a one-sample t-test (with 3 seeds only a large, steady gap passes).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -110,4 +114,64 @@ def to_markdown(result: dict) -> str:
     if any(result["unpaired"]):
         lines += ["", f"Left out (no partner in the other file): {result['unpaired'][0]} rows of {a}, "
                       f"{result['unpaired'][1]} of {b}."]
+    return "\n".join(lines)
+
+
+def seed_files(folder: str | Path) -> dict[str, Path]:
+    """The ``seedK/predictions.jsonl`` files of a run group (a bench's ``OUT/DATASET/RUN``), keyed by ``seedK``."""
+    return {p.parent.name: p for p in sorted(Path(folder).glob("seed*/predictions.jsonl"))}
+
+
+def over_seeds(gaps: Sequence[float], confidence: float = 0.95) -> dict[str, float | None]:
+    """Mean of the per-seed gaps, its t interval and the one-sample t-test p (None with fewer than 2 seeds)."""
+    from scipy import stats
+
+    g = np.asarray(gaps, dtype=float)
+    out = {"diff": float(g.mean()), "sd": None, "ci_low": None, "ci_high": None, "p_value": None, "seeds": int(g.size),
+           "b_ahead": int((g > 0).sum())}
+    if g.size >= 2:
+        sd = float(g.std(ddof=1))
+        half = float(stats.t.ppf((1 + confidence) / 2, g.size - 1)) * sd / np.sqrt(g.size)
+        p = float(stats.ttest_1samp(g, 0.0).pvalue) if sd > 0 else (1.0 if g.mean() == 0 else 0.0)
+        out.update(sd=sd, ci_low=out["diff"] - half, ci_high=out["diff"] + half, p_value=p)
+    return out
+
+
+def compare_seeds(files_a: Mapping[str, str | Path], files_b: Mapping[str, str | Path], *,
+                  names: tuple[str, str] = ("A", "B"), **kw) -> dict:
+    """:func:`compare` on every seed both sides have (``seed -> predictions file``), then :func:`over_seeds` per
+    metric. ``kw`` goes to :func:`compare`."""
+    from explainrec.metrics.predictions import load_predictions
+
+    seeds = sorted(set(files_a) & set(files_b))
+    if not seeds:
+        raise DataError(f"{names[0]} ({sorted(files_a) or 'no seed*/predictions.jsonl'}) and {names[1]} "
+                        f"({sorted(files_b) or 'no seed*/predictions.jsonl'}) share no seed")
+    per_seed = {s: compare(load_predictions(files_a[s]), load_predictions(files_b[s]), names=names, **kw)
+                for s in seeds}
+    metrics = [m for m in PAIRED_METRICS if all(m in r["metrics"] for r in per_seed.values())]
+    return {"names": list(names), "seeds": seeds, "per_seed": per_seed,
+            "over_seeds": {m: over_seeds([per_seed[s]["metrics"][m]["diff"] for s in seeds]) for m in metrics},
+            "missing": [sorted(set(files_a) - set(seeds)), sorted(set(files_b) - set(seeds))]}
+
+
+def seeds_to_markdown(result: dict) -> str:
+    """Per seed the paired gap B - A (interval, p) of each metric, then the mean over seeds with its t-test."""
+    a, b = result["names"]
+    metrics = list(result["over_seeds"])
+    lines = [f"{b} minus {a} per seed (paired over that seed's shared pairs: gap [bootstrap 95% interval], "
+             f"permutation p) and over {len(result['seeds'])} seeds (mean gap [t 95% interval], one-sample t-test p)",
+             "", "| seed | n | " + " | ".join(metrics) + " |", "|---|---:|" + "---|" * len(metrics)]
+    for s, r in result["per_seed"].items():
+        cells = [f"{m['diff']:+.2f} [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}], p {m['p_value']:.2g}"
+                 for m in (r["metrics"][k] for k in metrics)]
+        lines.append(f"| {s} | {r['n']} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in metrics:
+        o = result["over_seeds"][k]
+        spread = f" [{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], p {o['p_value']:.2g}" if o["p_value"] is not None else ""
+        cells.append(f"**{o['diff']:+.2f}**{spread}; {o['b_ahead']}/{o['seeds']} ahead")
+    lines.append("| over seeds | | " + " | ".join(cells) + " |")
+    if any(result["missing"]):
+        lines += ["", f"Seeds on one side only (left out): {a} {result['missing'][0]}, {b} {result['missing'][1]}."]
     return "\n".join(lines)
