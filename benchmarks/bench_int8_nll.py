@@ -4,6 +4,7 @@ soft tokens and routing).
 
     python benchmarks/bench_int8_nll.py runs/bench/mmp/amazon/base/seed0 ../shared/data/xrec/amazon --pairs 48
     python benchmarks/bench_int8_nll.py RUN DATA --variants fp32 int8 default      # a subset
+    python benchmarks/bench_int8_nll.py RUN DATA --variants default --channels 8    # the default with 8 float channels
 
 Variants: ``fp32``; ``int8`` = every projection and the head int8, no float channels (the first scheme);
 ``default`` = what ``--precision int8`` does now (:func:`explainrec.methods.model_folder.apply_precision`: the
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("data", help="the dataset it was trained on")
     ap.add_argument("--pairs", type=int, default=48, help="the first N valid pairs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--channels", type=int, default=None,
+                    help="float input channels per projection for 'default' (else OUTLIER_CHANNELS)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -111,10 +114,13 @@ def main() -> None:
     examples = [e for e in ds.split_examples("valid") if e.explanation][: args.pairs]
     pairs = [ds.pair_of(e) for e in examples]
     print(f"{len(pairs)} valid pairs of {args.data}; run {args.run}")
+    variants = dict(VARIANTS)
+    if args.channels is not None:
+        variants["default"] = lambda ex: apply_precision(ex, "int8", channels=args.channels)
     base = None
     for name in args.variants:
         explainer = load_run(args.run, precision="fp32")
-        VARIANTS[name](explainer)
+        variants[name](explainer)
         t0 = time.perf_counter()
         nll = reference_nll(explainer, pairs, examples)
         base = nll if name == "fp32" else base

@@ -176,14 +176,16 @@ def resolve_precision(precision: str | None, model) -> str:
     return precision
 
 
-def apply_precision(explainer, precision: str | None):
-    """Quantise the explainer's model for CPU generation when ``precision`` resolves to int8; record what was used."""
+def apply_precision(explainer, precision: str | None, channels: int | None = None):
+    """Quantise the explainer's model for CPU generation when ``precision`` resolves to int8; record what was used.
+    ``channels``: float input channels per projection (default ``quantize.OUTLIER_CHANNELS``; 0 = none)."""
     model = explainer.model if explainer.model is not None else explainer.llm
     resolved = resolve_precision(precision, model)
     if resolved == "int8":
         from explainrec.llm import quantize
 
-        found = quantize.outlier_channels(model, lambda: _calibration_run(explainer))
+        k = quantize.OUTLIER_CHANNELS if channels is None else channels
+        found = quantize.outlier_channels(model, lambda: _calibration_run(explainer), k) if k > 0 else None
         quantize.quantize_for_cpu(model, precision="int8", outliers=found)
     else:  # as loaded: say which dtype that is (a GPU run loads bf16)
         import torch
