@@ -117,3 +117,14 @@ def test_int8_precision_calibrates_float_outlier_channels_first(monkeypatch):
                                             for m in linears)
     assert explainer.info["precision"] == "int8"
     assert explainer.explain([Pair("u1", "i1", title="Cafe")], GenerationConfig(max_new_tokens=3))[0]["prediction"]
+
+
+@pytest.mark.parametrize("channels", [0, 2])
+def test_int8_precision_takes_the_number_of_float_channels(channels):
+    from explainrec.llm import quantize
+    from explainrec.methods.model_folder import apply_precision
+
+    explainer = registry.get("zero-shot").untrained(registry.get("zero-shot").make_config("tiny"))
+    apply_precision(explainer, "int8", channels=channels)
+    linears = [m for m in explainer.llm.modules() if isinstance(m, quantize.Int8Linear)]
+    assert linears and all(len(m._key or ()) == channels for m in linears)
