@@ -118,3 +118,21 @@ def test_cli_compare_two_run_groups_tests_each_shared_seed_then_over_seeds(tmp_p
     assert "| over seeds |" in res.output and "mmp-refer minus xrec" in res.output
     mixed = CliRunner().invoke(app, ["compare", str(a), str(a / "seed0" / "predictions.jsonl"), "--no-bertscore"])
     assert mixed.exit_code == 2 and "not one of each" in mixed.output
+
+
+def test_compare_seeds_loads_the_bertscore_encoder_once(tmp_path, monkeypatch):
+    from explainrec.metrics import semantic
+    from explainrec.metrics.significance import compare_seeds, seed_files
+
+    loaded = []
+
+    class Counting(semantic.BertScoreModel):
+        def __init__(self, *a, **kw):
+            loaded.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(semantic, "BertScoreModel", Counting)
+    a = _group(tmp_path, "a", {0: ["nothing to do with it"] * 6, 1: REFS})
+    b = _group(tmp_path, "b", {0: REFS, 1: REFS})
+    result = compare_seeds(seed_files(a), seed_files(b), n_resamples=200)
+    assert len(loaded) == 1 and "bertscore_f1" in result["over_seeds"]

@@ -21,6 +21,7 @@ from explainrec.metrics.predictions import check_rows
 from explainrec.metrics.report import evaluate
 
 # per-pair metrics worth a test, in report order (avg_len is there to show a length difference, not as a quality)
+BERTSCORE_MODEL = "minilm"  # the embedded encoder
 PAIRED_METRICS = ("sent_bleu", "rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1", "avg_len")
 
 
@@ -82,18 +83,20 @@ def compare(
     *,
     names: tuple[str, str] = ("A", "B"),
     bertscore: bool = True,
-    bertscore_model: str = "minilm",
+    bertscore_model: str = BERTSCORE_MODEL,
     n_resamples: int = 10_000,
     seed: int = 0,
+    scorer=None,
 ) -> dict:
-    """``{"names", "n", "unpaired": (len A, len B), "metrics": {metric: paired_bootstrap(...)}}``, B minus A."""
+    """``{"names", "n", "unpaired": (len A, len B), "metrics": {metric: paired_bootstrap(...)}}``, B minus A.
+    ``scorer``: a loaded :class:`~explainrec.metrics.semantic.BertScoreModel` to reuse (else one is loaded)."""
     n_a, n_b = len(rows_a), len(rows_b)
     paired_a, paired_b = align(rows_a, rows_b, names)
     kw = {"bertscore": bertscore, "bertscore_model": bertscore_model, "buckets": False, "per_example": True}
     if bertscore:
         from explainrec.metrics.semantic import BertScoreModel
 
-        kw["bertscore_kwargs"] = {"scorer": BertScoreModel(bertscore_model)}  # load the encoder once for both
+        kw["bertscore_kwargs"] = {"scorer": scorer or BertScoreModel(bertscore_model)}  # one encoder for both
     per_a = evaluate(paired_a, **kw)["per_example"]
     per_b = evaluate(paired_b, **kw)["per_example"]
     metrics = {m: paired_bootstrap(per_a[m], per_b[m], n_resamples=n_resamples, seed=seed)
@@ -147,6 +150,10 @@ def compare_seeds(files_a: Mapping[str, str | Path], files_b: Mapping[str, str |
     if not seeds:
         raise DataError(f"{names[0]} ({sorted(files_a) or 'no seed*/predictions.jsonl'}) and {names[1]} "
                         f"({sorted(files_b) or 'no seed*/predictions.jsonl'}) share no seed")
+    if kw.get("bertscore", True) and kw.get("scorer") is None:  # load the encoder once for every seed
+        from explainrec.metrics.semantic import BertScoreModel
+
+        kw["scorer"] = BertScoreModel(kw.get("bertscore_model", BERTSCORE_MODEL))
     per_seed = {s: compare(load_predictions(files_a[s]), load_predictions(files_b[s]), names=names, **kw)
                 for s in seeds}
     metrics = [m for m in PAIRED_METRICS if all(m in r["metrics"] for r in per_seed.values())]
