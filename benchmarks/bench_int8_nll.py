@@ -16,6 +16,7 @@ with down_proj / the first and last layers left float32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -89,11 +90,8 @@ def reference_nll(explainer, pairs, examples) -> float:
         labels = ids.clone()
         labels[0, : len(prompt)] = -100
         context = prepared.batch_context(ids, index) if prepared is not None and prepared.batch_context else None
-        if context is None:
+        with context or contextlib.nullcontext():
             loss = explainer.llm(inputs_embeds=emb, labels=labels).loss
-        else:
-            with context:
-                loss = explainer.llm(inputs_embeds=emb, labels=labels).loss
         total += float(loss) * len(target)
         count += len(target)
     return total / max(count, 1)
