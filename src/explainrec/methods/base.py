@@ -132,8 +132,8 @@ class Prepared:
     report what the generation did, e.g. GaVaMoE's most used experts, or what the method decided first, e.g.
     RecExplainer's yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as
     they are: the shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the
-    method can vouch for. ``messages``: per-pair chat messages when the prompt depends on what the model said first (RecExplainer
-    asks the decision, then why); None = ``Explainer.prompt`` of each pair.
+    method can vouch for. ``messages``: per-pair chat messages when the prompt depends on what the model said
+    first (RecExplainer asks the decision, then why); None = ``Explainer.prompt`` of each pair.
     """
 
     cold_start: list[bool]

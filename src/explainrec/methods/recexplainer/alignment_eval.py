@@ -419,6 +419,6 @@ def expected_random_graded_ndcg(n: int = 5) -> float:
 
 
 __all__ = ["LIST_SEP", "answer_log_likelihoods", "baseline_metrics", "decisions", "evaluate_alignment",
-           "expected_random_graded_ndcg", "find_mentions", "generate_candidates", "generate_greedy", "history_coverage", "interest_accuracy",
-           "next_item_catalogue_metrics", "next_item_metrics", "next_token_logits", "normalize", "parse_ranking",
+           "expected_random_graded_ndcg", "find_mentions", "generate_candidates", "generate_greedy", "history_coverage",
+           "interest_accuracy", "next_item_catalogue_metrics", "next_item_metrics", "next_token_logits", "normalize", "parse_ranking",
            "ranking_ndcg", "split_titles", "yes_no_from_logits", "yes_no_token_ids"]
