@@ -143,6 +143,21 @@ def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypat
     assert (tmp_path / "out" / "figures" / "ablation_synthetic.png").exists()
 
 
+def test_a_run_limited_to_one_dataset_has_no_row_on_another(finished, tmp_path):
+    """single-gate moved to a second dataset: the first dataset's tables no longer list it (not even empty)."""
+    config = copy_of(finished, tmp_path, datasets={"synthetic": "synthetic:users=30,items=25,types=2,seed=5",
+                                                   "other": "synthetic:users=20,items=15,types=2,seed=6"})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"]["single-gate"]["datasets"] = ["other"]
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["bench", str(config), "--report-only"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    synthetic = report.split("## Ablation (Figure 3)")[1].split("### other")[0]
+    assert "| gavamoe |" in synthetic and "| single-gate" not in synthetic
+    assert "### other" in report.split("## Ablation (Figure 3)")[1]
+
+
 def test_interrupt_then_rerun_resumes(tmp_path, monkeypatch, write_config):
     """Ctrl-C inside GaVaMoE's stage 2: the rerun keeps the finished run and the fitted stage 1, does the rest."""
     import explainrec.methods.gavamoe.stage1_method as stage1

@@ -120,7 +120,9 @@ def _missing_note(results: list[RunResult]) -> str:
 
 
 def _groups(all_results: list[RunResult], dataset: str, runs: list[str]) -> list[tuple[str, list[RunResult]]]:
-    return [(run, [r for r in all_results if r.planned.dataset == dataset and r.planned.run == run]) for run in runs]
+    """Each run's results on one dataset; a run the config does not plan on that dataset has no row."""
+    groups = [(run, [r for r in all_results if r.planned.dataset == dataset and r.planned.run == run]) for run in runs]
+    return [(run, rs) for run, rs in groups if rs]
 
 
 def _metric_table(groups: list[tuple[str, list[RunResult]]], bucket: str | None = None) -> list[str]:
