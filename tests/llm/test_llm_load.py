@@ -148,7 +148,43 @@ def test_interrupted_conversion_leaves_no_cache(fake_gguf, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         load_llm(str(path), device="cpu", cache_dir=tmp_path / "cache")
     models = tmp_path / "cache" / "models"
-    assert list(models.iterdir()) == []  # neither the folder nor a half-written temp folder
+    left = [p.name for p in models.iterdir() if p.suffix != ".lock"]
+    assert left == []  # neither the folder nor a half-written temp folder
+
+
+def test_concurrent_first_loads_convert_once(fake_gguf, tmp_path, monkeypatch):
+    """Two loaders starting together on an empty cache (parallel bench runs): one converts, the other waits.
+
+    Without the lock both converted, and the second's clean-up of stale temporaries deleted the first's folder
+    while it was being written.
+    """
+    import threading
+    import time
+
+    path, calls = fake_gguf
+    original = load_mod._read_gguf
+
+    def slow_read(gguf):
+        time.sleep(0.5)  # both threads are past the cache check before either has written
+        return original(gguf)
+
+    monkeypatch.setattr(load_mod, "_read_gguf", slow_read)
+    build_tiny_llm()  # transformers' lazy imports done before the threads start
+    errors, folders = [], []
+
+    def load():
+        try:
+            folders.append(load_mod.converted_gguf_folder(path, "fake", cache_dir=tmp_path / "cache"))
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(calls) == 1
+    assert folders[0] == folders[1] and (folders[0] / "model.safetensors").exists()
 
 
 @pytest.mark.embedded

@@ -197,18 +197,26 @@ def _from_pretrained(folder: str | Path, dtype: torch.dtype):
 def converted_gguf_folder(gguf: Path, name: str, *, cache_dir: str | Path | None = None) -> Path:
     """The cache folder holding ``gguf`` converted to a plain float32 model; converts it on first use.
 
-    A folder whose marker does not match the GGUF (other file name or size, older format) is rebuilt.
+    A folder whose marker does not match the GGUF (other file name or size, older format) is rebuilt. Processes
+    starting together (a bench's parallel runs on a fresh machine) convert once: the others wait on a lock.
     """
+    from explainrec.io import file_lock
+
     folder = cache_root(cache_dir) / "models" / name
     source = {"gguf": gguf.name, "size": gguf.stat().st_size, "format": _CACHE_FORMAT}
-    marker = folder / _CACHE_MARKER
-    try:
-        if json.loads(marker.read_text()) == source:
-            return folder
-    except (OSError, ValueError):
-        pass
-    convert_gguf(gguf, folder, source=source)
+    if _marker_matches(folder, source):
+        return folder
+    with file_lock(folder.with_name(f".{name}.lock")):
+        if not _marker_matches(folder, source):  # another process may have written it while this one waited
+            convert_gguf(gguf, folder, source=source)
     return folder
+
+
+def _marker_matches(folder: Path, source: dict) -> bool:
+    try:
+        return json.loads((folder / _CACHE_MARKER).read_text()) == source
+    except (OSError, ValueError):
+        return False
 
 
 def _read_gguf(gguf: Path):
