@@ -458,7 +458,7 @@ def bench(
         None, "--jobs", min=1, help="Runs at a time, each in its own process with its share of the cores (output in "
         "OUT/logs/); default: the config's 'jobs', else 1."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and each run's state; run nothing."),
-    report_only: bool = typer.Option(False, "--report-only", help="Rebuild OUT/report.md from the finished runs; run nothing."),
+    report_only: bool = typer.Option(False, "--report-only", help="Rebuild OUT/report.md from the finished runs (with --only: those runs alone); run nothing."),
 ) -> None:
     """Run an experiment grid (resumable: finished runs are skipped), then write OUT/report.md with tables and figures."""
     import shlex

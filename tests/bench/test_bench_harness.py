@@ -143,6 +143,15 @@ def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypat
     assert (tmp_path / "out" / "figures" / "ablation_synthetic.png").exists()
 
 
+def test_report_only_with_only_reports_the_chosen_runs_alone(finished, tmp_path):
+    config = copy_of(finished, tmp_path)
+    result = CliRunner().invoke(app, ["bench", str(config), "--report-only", "--only", "gavamoe,base"])
+    assert result.exit_code == 0, result.output
+    main = (tmp_path / "out" / "report.md").read_text().split("## Main comparison (Table 2)")[1].split("\n## ")[0]
+    assert "| gavamoe |" in main and "| base |" in main
+    assert "| xrec |" not in main and "| zero-shot |" not in main
+
+
 def test_a_run_limited_to_one_dataset_has_no_row_on_another(finished, tmp_path):
     """single-gate moved to a second dataset: the first dataset's tables no longer list it (not even empty)."""
     config = copy_of(finished, tmp_path, datasets={"synthetic": "synthetic:users=30,items=25,types=2,seed=5",

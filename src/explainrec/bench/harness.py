@@ -169,8 +169,8 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
             echo(f"[{run_state(p):>7}] {line}" + "".join(f"  ({f} from {src})" for f, src in share.items()))
         echo(f"{len(chosen)} run(s) of {len(planned)}; folders under {out}; report: {out / 'report.md'}")
         return BenchResult()
-    if report_only:
-        report = write_report(cfg, planned, out)
+    if report_only:  # with --only, a report on the chosen runs alone (e.g. one batch of a larger grid)
+        report = write_report(cfg, chosen if only else planned, out)
         echo(f"[bench] wrote {report}")
         return BenchResult(report=report)
 
