@@ -150,6 +150,12 @@ def test_report_only_with_only_reports_the_chosen_runs_alone(finished, tmp_path)
     main = (tmp_path / "out" / "report.md").read_text().split("## Main comparison (Table 2)")[1].split("\n## ")[0]
     assert "| gavamoe |" in main and "| base |" in main
     assert "| xrec |" not in main and "| zero-shot |" not in main
+    other = copy_of(finished, tmp_path / "two", datasets={"synthetic": "synthetic:users=30,items=25,types=2,seed=5",
+                                                          "other": "synthetic:users=20,items=15,types=2,seed=6"})
+    result = CliRunner().invoke(app, ["bench", str(other), "--report-only", "--only", "synthetic/*"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "two" / "out" / "report.md").read_text()
+    assert "### synthetic" in report and "### other" not in report  # no section of a dataset left out
 
 
 def test_a_run_limited_to_one_dataset_has_no_row_on_another(finished, tmp_path):

@@ -248,13 +248,14 @@ def gates_chart(rows: list[tuple[int, list[RunResult]]], path: Path, title: str)
 # ---------------------------------------------------------------------------------------------------- sections
 
 
-def _datasets(cfg: dict) -> list[str]:
-    return list(cfg["datasets"])
+def _datasets(cfg: dict, results: list[RunResult]) -> list[str]:
+    """The config's datasets that have a run in this report (a report on some runs leaves the others out)."""
+    return [ds for ds in cfg["datasets"] if any(r.planned.dataset == ds for r in results)]
 
 
 def section_main(cfg, results, runs, out) -> list[str]:
     lines = ["## Main comparison (Table 2)", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         lines += [f"### {ds}", ""] + _metric_table(_groups(results, ds, runs))
     return lines
 
@@ -269,7 +270,7 @@ def section_ablation(cfg, results, runs, out) -> list[str]:
     lines = ["## Ablation (Figure 3)", "", "What each run sets (its method and options; the config's `defaults:` "
              "apply beneath):", ""]
     lines += [f"- `{name}`: {_settings(cfg['runs'][name])}" for name in runs if name in cfg["runs"]] + [""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         groups = _groups(results, ds, runs)
         lines += [f"### {ds}", ""] + _metric_table(groups)
         fig = bar_chart(groups, out / FIGURES / f"ablation_{ds}.png", f"Ablation on {ds}")
@@ -288,7 +289,7 @@ def section_gates(cfg, results, runs, out) -> list[str]:
     lines = ["## Number of gates K (Table 3)", "",
              "Cluster sizes count all interactions (train, valid, test) per cluster, then the pairs that have a "
              "reference explanation (all splits). AUC: stage 1's test positives against one sampled item per user.", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         groups = _groups(results, ds, runs)
         names = [m for m in GATES_METRICS if any(_metric_values(rs, m) for _, rs in groups)]
         lines += [f"### {ds}", "",
@@ -326,7 +327,7 @@ def section_sparsity(cfg, results, runs, out) -> list[str]:
     lines = ["## Sparsity (Figure 4)", "",
              "The explained pairs sorted by their user's number of train interactions and cut into three equal parts: "
              "ds1 = the most active users, ds3 = the sparsest. Corpus metrics are computed on each bucket's rows.", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         groups = _groups(results, ds, runs)
         buckets = sorted({b for _, rs in groups for r in rs if r.done for b in (r.done.get("buckets") or {})})
         lines += [f"### {ds}", ""]
@@ -345,7 +346,7 @@ def section_sparsity(cfg, results, runs, out) -> list[str]:
 def section_latent(cfg, results, runs, out) -> list[str]:
     lines = ["## Latent space (Figure 5)", "",
              "Stage 1's latent means q(z|x) of training pairs, coloured by cluster (each run's `latent.png` from its clustering stage).", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         lines += [f"### {ds}", ""]
         cells = []
         for run, rs in _groups(results, ds, runs):
@@ -384,7 +385,7 @@ def section_alignment(cfg, results, runs, out) -> list[str]:
              "NDCG@5; Task 3: Yes/No accuracy from the next-token logits; Task 6: share of generated history titles "
              "really in the history). Random, popularity and the untrained LLM (titles-only questions) are scored "
              "on the first run's rows.", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         found = [x for _, rs in _groups(results, ds, runs) for r in rs
                  if (x := _read_json(r.planned.run_dir / "alignment.json"))]
         columns = [tuple(c) for c in found[0]["columns"]] if found else []
@@ -437,7 +438,7 @@ def section_decoding(cfg, results, runs, out) -> list[str]:
              f"{(cfg.get('tune_decoding') or {}).get('limit', 100)} validation pairs; the best by "
              f"{(cfg.get('tune_decoding') or {}).get('rule', 'rougeL+bertscore')} was then applied once to the "
              f"{cfg.get('split', 'test')} split. Cells: greedy → chosen.", ""]
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         lines += [f"### {ds}", "", "| run | chosen | " + " | ".join(_label(k) for k in keys) + " |",
                   "|---|---|" + "---:|" * len(keys)]
         for run, rs in _groups(results, ds, runs):
@@ -472,7 +473,7 @@ def section_curves(cfg, results, runs, out) -> list[str]:
              "Validation NLL of the explanations (the first `max_valid_pairs` valid pairs) against the training pairs "
              "seen, mean over the seeds with a band of one standard deviation.", ""]
     plt = None
-    for ds in _datasets(cfg):
+    for ds in _datasets(cfg, results):
         curves = []
         for run, rs in _groups(results, ds, runs):
             per_seed = [c for r in rs if (c := _valid_curve(r))]
