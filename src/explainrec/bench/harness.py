@@ -170,7 +170,7 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
         echo(f"{len(chosen)} run(s) of {len(planned)}; folders under {out}; report: {out / 'report.md'}")
         return BenchResult()
     if report_only:  # with --only, a report on the chosen runs alone (e.g. one batch of a larger grid)
-        report = write_report(cfg, chosen if only else planned, out)
+        report = write_report(cfg, chosen, out)
         echo(f"[bench] wrote {report}")
         return BenchResult(report=report)
 
