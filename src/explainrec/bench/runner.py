@@ -72,16 +72,33 @@ class RunSpec:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), sort_keys=True))  # plain JSON types, so saved == fresh
 
-    def matches(self, saved: dict) -> bool:
-        """Whether a saved ``run.json`` describes this run; keys it lacks take their defaults, so a field added to
-        RunSpec later does not turn every finished run stale."""
+    def _saved(self, saved: dict) -> dict:
+        """A saved ``run.json`` with the keys it lacks at their defaults, so a field added to RunSpec later does
+        not turn every finished run stale."""
         import dataclasses
 
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(self)
                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-        full = json.loads(json.dumps({**defaults, **saved}, sort_keys=True))
-        return full == self.to_dict()
+        return json.loads(json.dumps({**defaults, **saved}, sort_keys=True))
+
+    def matches(self, saved: dict) -> bool:
+        """Whether a saved ``run.json`` describes this run."""
+        return self._saved(saved) == self.to_dict()
+
+    def trains_like(self, saved: dict) -> bool:
+        """Whether a saved ``run.json`` trains the same model (only what is done with the model differs:
+        generation, split, precision, evaluations), so its training can be kept."""
+        full, mine = self._saved(saved), self.to_dict()
+        return all(full[k] == mine[k] for k in TRAINING_FIELDS)
+
+
+# What decides the trained model; every other RunSpec field only decides what is done with it afterwards.
+TRAINING_FIELDS = ("data", "method", "seed", "options")
+# What a run folder holds beyond its training (made again when only those settings change).
+EVALUATION_OUTPUTS = ("predictions.jsonl", "generation.json", "metrics.json", "metrics.md", "decoding.json",
+                      "predictions_tuned.jsonl", "metrics_tuned.json", "metrics_tuned.md", "alignment.json",
+                      "alignment.md", "done.json")
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -175,6 +192,23 @@ def _set_aside(run_dir: Path) -> Path:
     return target
 
 
+def _set_aside_evaluation(run_dir: Path) -> Path | None:
+    """Move a run's evaluation outputs into ``RUN/previous-TIME/`` (its training stays): they may be the only copy
+    of an earlier setting's figures."""
+    found = [run_dir / name for name in EVALUATION_OUTPUTS if (run_dir / name).exists()]
+    if not found:
+        return None
+    target = run_dir / f"previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / f"previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{n}"
+    target.mkdir()
+    for path in found[::-1]:  # done.json first: an interruption leaves a run that is not done, never a torn one
+        path.rename(target / path.name)
+    return target
+
+
 def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool = True, progress: bool = True,
             echo=print, stage_sources: dict[str, Path] | None = None) -> dict:
     """Do whatever of train -> explain -> evaluate ``run_dir`` still lacks; return ``done.json``'s content.
@@ -188,9 +222,17 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     run_dir = Path(run_dir)
     wanted = spec.to_dict()
     spec_path = run_dir / "run.json"
-    if spec_path.exists() and not spec.matches(json.loads(spec_path.read_text())):
-        kept = _set_aside(run_dir)
-        echo(f"[bench] {run_dir}: settings changed since it ran; starting it again (the old folder is kept as {kept})")
+    saved = json.loads(spec_path.read_text()) if spec_path.exists() else None
+    if saved is not None and not spec.matches(saved):
+        if spec.trains_like(saved):
+            kept = _set_aside_evaluation(run_dir)
+            atomic_write_json(spec_path, wanted)
+            echo(f"[bench] {run_dir}: evaluation settings changed since it ran; its training is kept, the rest is "
+                 f"made again" + (f" (the old outputs are kept in {kept})" if kept else ""))
+        else:
+            kept = _set_aside(run_dir)
+            echo(f"[bench] {run_dir}: settings changed since it ran; starting it again (the old folder is kept as "
+                 f"{kept})")
     done_path = run_dir / "done.json"
     if done_path.exists():
         return json.loads(done_path.read_text())

@@ -13,15 +13,16 @@ ERROR_FILE = "error.txt"
 
 
 def run_state(p: PlannedRun) -> str:
-    """``done``, ``failed``, ``partial`` (started), ``todo``, or ``stale`` (its folder holds other settings)."""
+    """``done``, ``failed``, ``partial`` (started, or trained with other evaluation settings), ``todo``, or
+    ``stale`` (its folder holds another training)."""
     spec_path = p.run_dir / "run.json"
     if spec_path.exists():
         try:
-            same = p.spec.matches(json.loads(spec_path.read_text()))
+            saved = json.loads(spec_path.read_text())
         except json.JSONDecodeError:
-            same = False
-        if not same:
             return "stale"
+        if not p.spec.matches(saved):
+            return "partial" if p.spec.trains_like(saved) else "stale"
     if (p.run_dir / "done.json").exists() and spec_path.exists():
         return "done"
     if (p.run_dir / ERROR_FILE).exists():

@@ -37,10 +37,12 @@ def encode_splits(dataset: Dataset, tokenizer, prompt_fn, cfg, splits=("train", 
 
 
 def fit(model: torch.nn.Module, rows: dict[str, list[dict]], tokenizer, cfg, out: Path, *, resume: bool,
-        progress: bool, echo, tag: str, extra: Callable | None = None, acc=None, collate: Callable | None = None):
+        progress: bool, echo, tag: str, extra: Callable | None = None, acc=None, collate: Callable | None = None,
+        curve: Callable[[int, torch.nn.Module], None] | None = None):
     """The shared training loop on ``rows['train']`` (validation on ``rows['valid']``); ``(raw model, state, acc)``.
 
-    ``collate`` defaults to the explanation rows' (:func:`explainrec.data.collate.make_collate`)."""
+    ``collate`` defaults to the explanation rows' (:func:`explainrec.data.collate.make_collate`); ``curve`` is
+    :func:`curve_texts`'s hook (None: validation NLL only)."""
     from explainrec.data.collate import make_collate
     from explainrec.train.loop import make_accelerator, run_loop
 
@@ -48,8 +50,51 @@ def fit(model: torch.nn.Module, rows: dict[str, list[dict]], tokenizer, cfg, out
     if hasattr(model, "targets_only"):  # the method's model computes its loss through explainrec.llm.loss
         model.targets_only = getattr(cfg, "target_logits_only", True)
     raw, state = run_loop(model, rows["train"], rows["valid"], collate or make_collate(tokenizer.pad_token_id), cfg,
-                          out, acc=acc, extra=extra, resume=resume, progress_bar=progress, echo=echo, tag=tag)
+                          out, acc=acc, extra=extra, resume=resume, progress_bar=progress, echo=echo, tag=tag,
+                          after_validation=curve)
     return raw, state, acc
+
+
+CURVE_FOLDER = "curve"
+
+
+def curve_file(out: Path, step: int) -> Path:
+    """Where the learning-curve explanations of optimizer step ``step`` are written."""
+    return Path(out) / CURVE_FOLDER / f"step{step:06d}.jsonl"
+
+
+def curve_texts(cfg, dataset: Dataset, out: Path, explainer_for: Callable[[torch.nn.Module], object], *, echo=print):
+    """The ``after_validation`` hook that explains the first ``cfg.curve_pairs`` valid pairs (greedy, float32) with
+    the model as it is at that step, into ``RUN/curve/stepNNNNNN.jsonl`` (prediction rows, like a test split's).
+
+    Why texts and not scores: overlap *and* specificity against training steps are what a learning curve must show
+    (does the text become a template as ROUGE-L rises?), and any metric can be computed from the files later.
+    None when ``cfg.curve_pairs`` is 0. ``explainer_for(model)`` is the method's explainer on the in-memory model.
+    """
+    pairs = getattr(cfg, "curve_pairs", 0)
+    if not pairs or not dataset.split_examples("valid"):
+        return None
+
+    def write(model: torch.nn.Module, step: int) -> None:
+        import time
+
+        from explainrec.llm.decoding import GenerationConfig
+        from explainrec.methods.explain import explain_split
+
+        path = curve_file(out, step)
+        if path.exists():
+            return
+        was_training = model.training
+        start = time.perf_counter()
+        # the training run's random streams must not depend on whether a curve was drawn
+        with torch.random.fork_rng(devices=[]):
+            explain_split(explainer_for(model), dataset, "valid", limit=pairs, out=path, progress=False,
+                          generation=GenerationConfig(batch_size=cfg.curve_batch_size,
+                                                      max_new_tokens=cfg.curve_max_new_tokens))
+        model.train(was_training)
+        echo(f"[curve] step {step}: {pairs} valid pairs explained in {time.perf_counter() - start:.0f}s -> {path}")
+
+    return write
 
 
 def summary(state: dict, cfg, **more) -> dict:

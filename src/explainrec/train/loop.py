@@ -115,11 +115,15 @@ def run_loop(
     progress_bar: bool = True,
     echo=print,
     tag: str = "train",
+    after_validation: Callable[[torch.nn.Module, int], None] | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train ``model``'s trainable parameters; return ``(unwrapped model, state)``.
 
     ``extra(batch, generator)`` adds per-batch inputs drawn from a checkpointed generator (e.g. negative items).
-    ``state`` holds ``step``, ``epoch``, ``seconds``, ``budget_hit``, ``history`` and ``valid``.
+    ``after_validation(unwrapped model, step)`` runs on the main process after each validation has been
+    checkpointed (e.g. explanations of valid pairs for a learning curve); it must leave the model as it found it
+    and be idempotent: a resume that lands on a validation step calls it again. ``state`` holds ``step``,
+    ``epoch``, ``seconds``, ``budget_hit``, ``history`` and ``valid``.
     """
     if not train_rows:
         raise ValueError("no training examples")
@@ -148,6 +152,17 @@ def run_loop(
     def checkpoint() -> None:
         if acc.is_main_process:
             save_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, state=state, config=cfg.to_dict(), generators={"extra": gen})
+
+    def validated() -> None:
+        """The hook after a validation (the checkpoint already holds it), on the main process; the rest wait."""
+        if after_validation is None:
+            return
+        if acc.is_main_process:
+            after_validation(raw, state["step"])
+        acc.wait_for_everyone()
+
+    if state["valid"] and state["valid"][-1]["step"] == state["step"]:
+        validated()  # stopped during the hook: it finishes what it had not written
 
     start = time.perf_counter() - state["seconds"]
     while state["epoch"] < cfg.epochs and not state["budget_hit"]:
@@ -197,6 +212,7 @@ def run_loop(
                                        cfg.batch_size * cfg.grad_accum * acc.num_processes, **v})
                 echo(f"[{tag}] validation at step {state['step']}: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
                 checkpoint()
+                validated()
             over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
             if acc.num_processes > 1:  # clocks differ between processes: all must stop at the same step
                 flag = torch.tensor(float(over_time), device=acc.device)
@@ -215,6 +231,8 @@ def run_loop(
             state["valid"].append({"step": state["step"], "epoch": state["epoch"], "pairs": state["step"] *
                                    cfg.batch_size * cfg.grad_accum * acc.num_processes, **v})
             echo(f"[{tag}] validation: " + " ".join(f"{k}={x:.4f}" for k, x in v.items()))
+            checkpoint()
+            validated()
         checkpoint()
     if acc.is_main_process:
         write_log_and_plot(out, state, title=tag)

@@ -29,7 +29,7 @@ class LoraConfig(Config):
 class LLMTrainConfig(Config):
     """The supervised explanation-training loop (explainrec.train.loop) and the LLM it trains."""
 
-    RESUMABLE = ("max_minutes", "max_steps", "epochs")
+    RESUMABLE = ("max_minutes", "max_steps", "epochs", "curve_pairs", "curve_batch_size", "curve_max_new_tokens")
 
     model: str = option("smollm2-135m", "base LLM: smollm2-135m (embedded), tiny (tests), an HF id or a local folder")
     lr: float = option(1e-4, "AdamW learning rate", above=0.0, max=1.0)
@@ -52,6 +52,10 @@ class LLMTrainConfig(Config):
     checkpoint_every: int = option(100, "optimizer steps between checkpoints (one is also written at every stop)", min=1)
     valid_every: int = option(0, "optimizer steps between validations, for a learning curve (0 = at the end of "
                               "each epoch and at a budget stop only)", min=0)
+    curve_pairs: int = option(0, "valid pairs explained (greedy) at every validation, written to RUN/curve/: "
+                              "overlap and specificity against training steps (0 = none)", min=0)
+    curve_batch_size: int = option(16, "prompts generated together for the curve explanations", min=1)
+    curve_max_new_tokens: int = option(80, "longest curve explanation, in tokens", min=1)
     log_every: int = option(10, "optimizer steps between log lines", min=1)
     seed: int = option(0, "random seed (data order, initialisation, sampling)")
     lora: LoraConfig = option(LoraConfig, "LoRA adapters")

@@ -118,6 +118,8 @@ class GaVaMoEConfig(LLMTrainConfig):
     moe: MoEConfig = option(MoEConfig, "the MoE surgery")
     alpha: float = option(0.1, "weight of the ELBO in alpha*ELBO + (1-alpha)*NLL (eq. 13)", min=0.0, max=0.999)
     beta: float = option(0.1, "KL weight inside the joint ELBO (paper: 0.1)", min=0.0)
+    profiles: bool = option(True, "user and item profile text in the prompt (false: the paper's input, soft "
+                            "tokens + title + features + rating)")
     trainable: tuple[str, ...] = option(lambda: ("experts", "gates", "soft", "vae"),
                                         "parameter groups that train (comma list)", choices=TRAINABLE_GROUPS)
     stage1: VaeGmmSettings = option(VaeGmmSettings, "stage 1 (VAE-GMM) training")

@@ -8,15 +8,17 @@ import torch
 
 from explainrec.methods.base import Explainer, Prepared
 from explainrec.methods.gavamoe.modeling import GaVaMoE
-from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+from explainrec.methods.gavamoe.prompting import prompt_for
 from explainrec.methods.gavamoe.routing import routing
 from explainrec.methods.llm_method import pair_ids
 
 TOP_EXPERTS = 3
 
 
-def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, info: dict) -> Explainer:
-    """Wrap a model (put in eval mode: adaptor dropout and gate noise are training-only) and its id maps; unseen ids take the model's cold-start ("unknown") rows."""
+def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, info: dict,
+                      profiles: bool = True) -> Explainer:
+    """Wrap a model (put in eval mode: adaptor dropout and gate noise are training-only) and its id maps; unseen ids
+    take the model's cold-start ("unknown") rows. ``profiles``: the prompt setting the model was trained with."""
 
     model.eval()
 
@@ -60,7 +62,7 @@ def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, i
                         generate_options={"prefix_group": lambda index: clusters[index],
                                           "prefix_context": prefix_context})
 
-    return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=gavamoe_prompt, prepare=prepare,
+    return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt_for(profiles), prepare=prepare,
                      model=model, info=info, known_users=users, known_items=items)
 
 

@@ -30,5 +30,6 @@ class GaVaMoE(Method):
 
         model = place(load_gavamoe(folder, manifest), device, dtype)
         users, items = read_id_maps(folder)
+        profiles = (manifest.get("config") or {}).get("profiles", True)
         return gavamoe_explainer(model, load_tokenizer(folder), users, items, method=self.name,
-                        info=run_info(self.name, folder, manifest))
+                                 info=run_info(self.name, folder, manifest), profiles=profiles)

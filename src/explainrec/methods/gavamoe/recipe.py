@@ -17,7 +17,7 @@ from explainrec.data.schema import Dataset
 from explainrec.methods import llm_method
 from explainrec.methods.gavamoe.config import GaVaMoEConfig
 from explainrec.methods.gavamoe.modeling import GaVaMoE
-from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+from explainrec.methods.gavamoe.prompting import prompt_for
 from explainrec.train.loop_utils import seed_everything
 
 _GROUP_RULES = {
@@ -79,7 +79,7 @@ def train(dataset: Dataset, out: Path, cfg: GaVaMoEConfig, stage1: Path, *, resu
     echo(f"[gavamoe] variant={cfg.moe.variant} parameters: {total / 1e6:.1f}M, trainable "
          + ", ".join(f"{g}={n / 1e6:.2f}M" for g, n in counts.items()))
 
-    rows = llm_method.encode_splits(dataset, tokenizer, gavamoe_prompt, cfg)
+    rows = llm_method.encode_splits(dataset, tokenizer, prompt_for(cfg.profiles), cfg)
     graph = dataset.interactions.of_split("train")
     sampler = InteractionSampler(graph.user, graph.item, dataset.n_users, dataset.n_items)
 
@@ -88,12 +88,16 @@ def train(dataset: Dataset, out: Path, cfg: GaVaMoEConfig, stage1: Path, *, resu
         context, negative = sampler.sample(batch["user"], batch["item"], 1, gen)
         return {"context_items": context, "negative_items": negative}
 
-    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
-                                     tag="gavamoe", extra=negatives)
     from explainrec.methods.gavamoe.explainer import gavamoe_explainer
 
+    def explainer_for(m: GaVaMoE):
+        return gavamoe_explainer(m, tokenizer, dataset.users, dataset.items, method=method, profiles=cfg.profiles,
+                                 info=llm_method.memory_info(method, out, cfg, dataset))
+
+    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
+                                     tag="gavamoe", extra=negatives,
+                                     curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=counts, parameters=total)
     return llm_method.finish(
         acc, out, result, lambda: save_gavamoe(raw, tokenizer, out / "model", cfg, dataset, method=method),
-        lambda: gavamoe_explainer(raw, tokenizer, dataset.users, dataset.items, method=method,
-                                  info=llm_method.memory_info(method, out, cfg, dataset)))
+        lambda: explainer_for(raw))

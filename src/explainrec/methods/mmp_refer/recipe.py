@@ -70,13 +70,18 @@ def train(dataset: Dataset, out: Path, cfg: MMPReferConfig, graph_stage: Path, *
                            k=cfg.k, width=width, max_neighbours=cfg.graph.max_neighbours, seed=cfg.graph.sample_seed,
                            max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens)
             for s in ("train", "valid")}
+
+    def explainer_for(m):
+        return mmp_explainer(m, tokenizer, stage, texts, dataset.users, dataset.items, cfg=cfg, method=method,
+                             info=llm_method.memory_info(method, out, cfg, dataset))
+
     raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
-                                     tag="mmp-refer", collate=make_collate(tokenizer.pad_token_id))
+                                     tag="mmp-refer", collate=make_collate(tokenizer.pad_token_id),
+                                     curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=trainable, paths=stage.metrics.get("paths"))
     return llm_method.finish(
         acc, out, result, lambda: save_mmp(raw, tokenizer, stage, texts, out / "model", cfg, dataset, method),
-        lambda: mmp_explainer(raw, tokenizer, stage, texts, dataset.users, dataset.items, cfg=cfg, method=method,
-                              info=llm_method.memory_info(method, out, cfg, dataset)))
+        lambda: explainer_for(raw))
 
 
 def save_mmp(model, tokenizer, stage, texts, path: Path, cfg: MMPReferConfig, dataset: Dataset, method: str) -> Path:
