@@ -322,6 +322,77 @@ def evaluate(
     typer.echo(f"\nwrote {json_path} and {md_path}")
 
 
+@app.command()
+@boundary
+def sensitivity(
+    run: Optional[str] = typer.Argument(None, help="A trained run folder; with a method that needs no training "
+                                        "(--method zero-shot), the LLM instead (default: the embedded one)."),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
+    method: Optional[str] = typer.Option(None, "--method", help="As for explain: a method that needs no training "
+                                         "(zero-shot), or the method RUN must hold."),
+    n: int = typer.Option(48, "--n", min=1, help="Pairs (u, i) of the split sampled; each is explained again for "
+                          "another user u'."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled pairs and of the other users."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    max_new_tokens: int = typer.Option(80, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
+    batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Prompts generated together."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sensitivity.json and sensitivity.md "
+                                       "(default: RUN)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+) -> None:
+    """User sensitivity: explain the same item for another user and measure how much the text changes and whether it
+    moves toward that user (a template scores 0). Reuses RUN/predictions.jsonl for the original pairs when it
+    matches."""
+    from explainrec.io import atomic_write_json, atomic_write_text
+    from explainrec.methods import registry
+    from explainrec.methods.explain import normalise_split
+    from explainrec.methods.sensitivity import to_markdown, user_sensitivity
+
+    _check_precision(precision)
+    split = normalise_split(split)
+    untrained = method is not None and not registry.get(method).trains
+    folder = None if untrained or run is None else Path(run)
+    if folder is None and not untrained:
+        raise UsageError("sensitivity needs a run folder (explainrec sensitivity RUN --data DATA) or a method that "
+                         "needs no training (--method zero-shot)")
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"RUN {run}: " + ("no such folder" if not folder.exists() else "is a file, not a folder")
+                         + " (expected a run folder from `explainrec train METHOD ... --out RUN`)")
+    if out is None and folder is None:
+        raise UsageError(f"--method {method}: give --out FOLDER for sensitivity.json and sensitivity.md (there is "
+                         "no run folder to write them to)")
+    out_dir = check_output_folder(out if out is not None else folder)
+    rows, note = _predictions_of(folder)
+    dataset = _load_data(data, trust_pickle)
+    explainer = _open_explainer(run, method, precision)
+    generation = GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    result = user_sensitivity(explainer, dataset, split=split, n=n, seed=seed, generation=generation,
+                              original_rows=rows, progress=stderr_is_terminal())
+    if note:
+        result["notes"].append(note)
+    label = f"{explainer.method} ({run})" if run else explainer.method
+    markdown = to_markdown(result, title=label)
+    atomic_write_json(out_dir / "sensitivity.json", result)
+    atomic_write_text(out_dir / "sensitivity.md", markdown)
+    typer.echo(markdown + f"\nwrote {out_dir / 'sensitivity.json'} and {out_dir / 'sensitivity.md'}")
+
+
+def _predictions_of(folder: Optional[Path]) -> tuple[Optional[list[dict]], Optional[str]]:
+    """The rows of RUN/predictions.jsonl to reuse for the original pairs (None without one), and a note when the
+    file is there but cannot be read."""
+    from explainrec.data.readers import iter_jsonl
+    from explainrec.data.schema import DataError
+
+    file = folder / "predictions.jsonl" if folder is not None else None
+    if file is None or not file.is_file():
+        return None, None
+    try:
+        return [obj for _, obj in iter_jsonl(file)], None
+    except (DataError, OSError, UnicodeDecodeError) as err:
+        return None, f"{file}: not reused ({err}); every original pair was explained"
+
+
 @app.command("tune-decoding")
 @boundary
 def tune_decoding(
