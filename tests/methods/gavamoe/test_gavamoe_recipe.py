@@ -47,3 +47,31 @@ def test_implicit_feedback_data_trains_and_validates(data, tmp_path):
     summary = train_run(registry.get("gavamoe"), implicit, tmp_path / "run", _cfg(), **QUIET).summary
     assert summary["steps"] == 2
     assert summary["last_valid"]["valid_elbo"] > 0 and summary["last_valid"]["valid_nll"] > 0
+
+
+def test_the_papers_input_leaves_the_profiles_out_in_training_and_after_loading(data, tmp_path, monkeypatch):
+    """profiles=false: soft tokens, title, features and rating, no profile text; the loaded run prompts the same."""
+    from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
+    from explainrec.methods import llm_method
+    from explainrec.methods.gavamoe.prompting import gavamoe_prompt
+    from explainrec.methods.model_folder import load_run
+
+    trained_on = []
+    real = llm_method.encode_splits
+    monkeypatch.setattr(llm_method, "encode_splits", lambda d, tok, prompt_fn, cfg, **kw: (
+        trained_on.extend(prompt_fn(e)[-1]["content"] for e in d.split_examples("train")),
+        real(d, tok, prompt_fn, cfg, **kw))[1])
+
+    example = data.split_examples("test")[0]
+    with_profiles = gavamoe_prompt(example)[-1]["content"]
+    without = gavamoe_prompt(example, profiles=False)[-1]["content"]
+    assert example.user_profile in with_profiles and example.item_profile in with_profiles
+    assert example.user_profile not in without and example.item_profile not in without
+    assert USER_TOKEN in without and ITEM_TOKEN in without and example.title in without
+    assert ", ".join(example.features) in without
+    trained = train_run(registry.get("gavamoe"), data, tmp_path / "run", _cfg("max_steps=1", "profiles=false"),
+                        **QUIET)
+    pair = data.pair_of(example)
+    assert trained.explainer.prompt(pair) == load_run(tmp_path / "run").prompt(pair) == gavamoe_prompt(pair, profiles=False)
+    assert load_run(tmp_path / "run").prompt(pair) != gavamoe_prompt(pair)
+    assert trained_on and not any("profile" in text for text in trained_on)

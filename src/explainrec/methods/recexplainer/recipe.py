@@ -85,15 +85,20 @@ def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Pat
     echo(f"[recexplainer] variant={cfg.variant} tuning={cfg.tuning}: {trainable / 1e6:.2f}M trainable parameters")
     enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens)
     rows = {"train": encode_rows(tokenizer, train_rows, **enc), "valid": encode_rows(tokenizer, test_rows, **enc)}
-    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
-                                     tag="recexplainer", collate=make_collate(tokenizer.pad_token_id))
     names = item_names(dataset, max_title_chars=cfg.alignment.max_title_chars)
+
+    def explainer_for(m: RecExplainerModel):
+        return recexplainer_explainer(m, tokenizer, rec, names, dataset.users, dataset.items, variant=cfg.variant,
+                                      method=method, info=llm_method.memory_info(method, out, cfg, dataset))
+
+    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
+                                     tag="recexplainer", collate=make_collate(tokenizer.pad_token_id),
+                                     curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=trainable, alignment_rows={"train": len(train_rows),
                                                                                  "test": len(test_rows)})
     return llm_method.finish(
         acc, out, result, lambda: save_recexplainer(raw, tokenizer, rec, names, out / "model", cfg, dataset, method),
-        lambda: recexplainer_explainer(raw, tokenizer, rec, names, dataset.users, dataset.items, variant=cfg.variant,
-                                       method=method, info=llm_method.memory_info(method, out, cfg, dataset)))
+        lambda: explainer_for(raw))
 
 
 def save_recexplainer(model: RecExplainerModel, tokenizer, rec, names: list[str], path: Path,

@@ -44,15 +44,18 @@ def train(dataset: Dataset, out: Path, cfg: XRecConfig, lightgcn: Path, *, resum
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     echo(f"[xrec] trainable parameters: {trainable / 1e6:.2f}M (adaptors{' + LoRA' if cfg.lora.r else ''}); LLM frozen")
     rows = llm_method.encode_splits(dataset, tokenizer, xrec_prompt, cfg)
-    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
-                                     tag="xrec")
     from explainrec.methods.xrec.explainer import xrec_explainer
 
+    def explainer_for(m: XRecModel):
+        return xrec_explainer(m, tokenizer, dataset.users, dataset.items, method=method,
+                              info=llm_method.memory_info(method, out, cfg, dataset))
+
+    raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
+                                     tag="xrec", curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=trainable, lightgcn=gcn.metrics)
     return llm_method.finish(
         acc, out, result, lambda: save_xrec(raw, tokenizer, out / "model", cfg, dataset, method),
-        lambda: xrec_explainer(raw, tokenizer, dataset.users, dataset.items, method=method,
-                               info=llm_method.memory_info(method, out, cfg, dataset)))
+        lambda: explainer_for(raw))
 
 
 def save_xrec(model: XRecModel, tokenizer, path: Path, cfg: XRecConfig, dataset: Dataset, method: str) -> Path:
