@@ -26,7 +26,7 @@ from pathlib import Path
 from explainrec.bench.config import PlannedRun, describe, load_config, out_dir, plan
 from explainrec.bench.report import write_report
 from explainrec.bench.runner import run_one, stage_keys
-from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_info, run_state
+from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, is_finished, machine_info, run_state
 from explainrec.io import atomic_write_text
 
 # With --jobs, another worker starts only while this much memory is free (a GaVaMoE run on SmolLM2-135M peaks near
@@ -247,7 +247,7 @@ def _run_sequential(chosen, planned, cfg, result, t0, progress, echo) -> None:
     n = len(chosen)
     for i, p in enumerate(chosen, 1):
         key, state = run_key(p), run_state(p)
-        if state == "done":
+        if is_finished(p):
             echo(f"[bench] {i}/{n} {key}: finished before, skipped")
             result.outcomes.append(Outcome(key, "skipped"))
             continue
@@ -274,7 +274,7 @@ def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
     index = {run_key(p): i for i, p in enumerate(chosen, 1)}
     pending = []
     for p in chosen:
-        if run_state(p) == "done":
+        if is_finished(p):
             echo(f"[bench] {index[run_key(p)]}/{n} {run_key(p)}: finished before, skipped")
             result.outcomes.append(Outcome(run_key(p), "skipped"))
         else:

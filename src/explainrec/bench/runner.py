@@ -92,13 +92,27 @@ class RunSpec:
         full, mine = self._saved(saved), self.to_dict()
         return all(full[k] == mine[k] for k in TRAINING_FIELDS)
 
+    def outdated_outputs(self, saved: dict) -> list[str]:
+        """The files of a run folder made with ``saved``'s settings that this spec must make again (its training
+        is kept: call only when :meth:`trains_like`)."""
+        full, mine = self._saved(saved), self.to_dict()
+        names = {name for key, outputs in OUTPUTS_OF.items() if full[key] != mine[key] for name in outputs}
+        return [name for name in ALL_OUTPUTS if name in names]
+
 
 # What decides the trained model; every other RunSpec field only decides what is done with it afterwards.
 TRAINING_FIELDS = ("data", "method", "seed", "options")
-# What a run folder holds beyond its training (made again when only those settings change).
-EVALUATION_OUTPUTS = ("predictions.jsonl", "generation.json", "metrics.json", "metrics.md", "decoding.json",
-                      "predictions_tuned.jsonl", "metrics_tuned.json", "metrics_tuned.md", "alignment.json",
-                      "alignment.md", "done.json")
+_TUNED = ("decoding.json", "predictions_tuned.jsonl", "metrics_tuned.json", "metrics_tuned.md")
+_ALIGNMENT = ("alignment.json", "alignment.md")
+_SCORES = ("metrics.json", "metrics.md", "metrics_tuned.json", "metrics_tuned.md")
+_EXPLAINED = ("predictions.jsonl", "generation.json", *_SCORES, *_TUNED, *_ALIGNMENT)
+# The files each post-training setting decides (done.json goes with any of them).
+OUTPUTS_OF = {"generation": _EXPLAINED, "split": _EXPLAINED, "limit": _EXPLAINED, "precision": _EXPLAINED,
+              "tune_decoding": _TUNED, "alignment": _ALIGNMENT}
+ALL_OUTPUTS = tuple(dict.fromkeys((*_EXPLAINED, "done.json")))
+# The version of what run_one computes from a run's texts (metrics and evaluations): bump it when the evaluation
+# gains or changes a figure, and the bench scores finished runs again from the texts they already wrote.
+EVALUATION_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -192,10 +206,10 @@ def _set_aside(run_dir: Path) -> Path:
     return target
 
 
-def _set_aside_evaluation(run_dir: Path) -> Path | None:
-    """Move a run's evaluation outputs into ``RUN/previous-TIME/`` (its training stays): they may be the only copy
-    of an earlier setting's figures."""
-    found = [run_dir / name for name in EVALUATION_OUTPUTS if (run_dir / name).exists()]
+def _set_aside_outputs(run_dir: Path, names: list[str]) -> Path | None:
+    """Move some of a run's outputs (and its done.json) into ``RUN/previous-TIME/``; its training stays. They may
+    be the only copy of an earlier setting's figures."""
+    found = [run_dir / name for name in (*names, "done.json") if (run_dir / name).exists()]
     if not found:
         return None
     target = run_dir / f"previous-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
@@ -207,6 +221,11 @@ def _set_aside_evaluation(run_dir: Path) -> Path | None:
     for path in found[::-1]:  # done.json first: an interruption leaves a run that is not done, never a torn one
         path.rename(target / path.name)
     return target
+
+
+def is_current(done: dict) -> bool:
+    """Whether a done.json was scored by this version of the evaluation (a stage alone has none to redo)."""
+    return done.get("evaluation") == EVALUATION_VERSION or done.get("stage") is not None
 
 
 def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool = True, progress: bool = True,
@@ -225,7 +244,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     saved = json.loads(spec_path.read_text()) if spec_path.exists() else None
     if saved is not None and not spec.matches(saved):
         if spec.trains_like(saved):
-            kept = _set_aside_evaluation(run_dir)
+            kept = _set_aside_outputs(run_dir, spec.outdated_outputs(saved))
             atomic_write_json(spec_path, wanted)
             echo(f"[bench] {run_dir}: evaluation settings changed since it ran; its training is kept, the rest is "
                  f"made again" + (f" (the old outputs are kept in {kept})" if kept else ""))
@@ -235,7 +254,10 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
                  f"{kept})")
     done_path = run_dir / "done.json"
     if done_path.exists():
-        return json.loads(done_path.read_text())
+        done = json.loads(done_path.read_text())
+        if is_current(done):
+            return done
+        echo(f"[bench] {run_dir}: scored by an older evaluation; scoring its texts again")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, wanted)
     for folder, source in (stage_sources or {}).items():
@@ -250,7 +272,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     summary, explainer = _train(spec, dataset, run_dir, echo, progress)
     t1 = time.perf_counter()
     if not spec.method_entry().explains:  # a stage alone: its metrics are the result
-        done = {"metrics": {}, "std": {}, "buckets": {}, "n": 0, "generation": None,
+        done = {"evaluation": EVALUATION_VERSION, "metrics": {}, "std": {}, "buckets": {}, "n": 0, "generation": None,
                 "train_seconds": round(summary.get("seconds_total", summary.get("train_seconds", 0.0)) or 0.0, 1),
                 "train_steps": summary.get("epochs_run", summary.get("epochs_done")), "stage": summary,
                 "seconds_this_call": {"train": round(t1 - t0, 1), "explain": 0.0, "evaluate": 0.0}}
@@ -272,6 +294,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         atomic_write_json(run_dir / "alignment.json", report)
         atomic_write_text(run_dir / "alignment.md", markdown)
     done = {
+        "evaluation": EVALUATION_VERSION,
         "metrics": result["metrics"],
         "std": result.get("std", {}),
         "buckets": result.get("buckets", {}),

@@ -30,6 +30,19 @@ def run_state(p: PlannedRun) -> str:
     return "partial" if p.run_dir.exists() else "todo"
 
 
+def is_finished(p: PlannedRun) -> bool:
+    """Done, and scored by the current evaluation (a run scored by an older one is scored again from its texts,
+    while the report keeps showing what it has)."""
+    from explainrec.bench.runner import is_current
+
+    if run_state(p) != "done":
+        return False
+    try:
+        return is_current(json.loads((p.run_dir / "done.json").read_text()))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def fmt_seconds(s: float) -> str:
     s = round(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
