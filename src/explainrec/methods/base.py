@@ -178,6 +178,12 @@ class Explainer:
         if not pairs:
             return []
         generation = generation or GenerationConfig()
+        if generation.candidates > 1:
+            if streamer_for is not None:
+                raise ConfigError("candidates > 1 cannot stream: the text is chosen after all candidates are written")
+            from explainrec.methods.rerank import explain_reranked
+
+            return explain_reranked(self, pairs, generation, stats=stats, progress=progress)
         prepared = self.prepare(pairs) if self.prepare is not None else Prepared(cold_start=self.cold_start(pairs))
         messages = prepared.messages if prepared.messages is not None else [self.prompt(p) for p in pairs]
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
