@@ -39,6 +39,9 @@ DATA_HELP = (
 )
 TRUST_HELP = "Allow unpickling PETER's reviews.pickle. Pickles can run code: only for files you trust."
 SPLIT_HELP = "Which split of --data: train, valid (or validation/val) or test."
+SPECIFICITY_HELP = ("Pair retrieval (Ret-R@1/R@10/MRR, beside their chance levels): rank all references of the file by "
+                    "MiniLM similarity to each prediction and see where the pair's own reference lands; a template "
+                    "written for everyone scores at chance (needs the embedded encoder).")
 PRECISION_HELP = ("Weights for generation: auto (int8 on CPU, the loaded dtype on a GPU), fp32, or int8 (dynamic int8 "
                   "matmuls on CPU: about 3x faster, greedy text may differ slightly).")
 
@@ -303,8 +306,10 @@ def evaluate(
     ),
     bertscore_layers: Optional[int] = typer.Option(None, "--bertscore-layers", min=1, help="Encoder layer to use (default: bert-score's choice or all for MiniLM)."),
     rescale: bool = typer.Option(False, "--rescale", help="Rescale BERTScore with bert-score's baseline (roberta-large etc.)."),
+    specificity: bool = typer.Option(True, "--specificity/--no-specificity", help=SPECIFICITY_HELP),
 ) -> None:
-    """BLEU-1/4, ROUGE-1/2/L, Distinct-1/2, USR, BERTScore P/R/F1, FMR/FCR/DIV, with std and per-bucket tables."""
+    """BLEU-1/4, ROUGE-1/2/L, Distinct-1/2, USR, BERTScore P/R/F1, pair retrieval R@1/R@10/MRR (with chance),
+    FMR/FCR/DIV, with std and per-bucket tables."""
     from explainrec.metrics import evaluate as run_eval
     from explainrec.metrics import load_predictions, save_report, to_markdown
 
@@ -316,7 +321,8 @@ def evaluate(
         kwargs["num_layers"] = bertscore_layers
     if rescale:
         kwargs["rescale_with_baseline"] = True
-    result = run_eval(rows, bertscore=bertscore, bertscore_model=bertscore_model, bertscore_kwargs=kwargs or None)
+    result = run_eval(rows, bertscore=bertscore, bertscore_model=bertscore_model, bertscore_kwargs=kwargs or None,
+                      specificity=specificity)
     json_path, md_path = save_report(result, out_dir)
     typer.echo(to_markdown(result, title=str(predictions)))
     typer.echo(f"\nwrote {json_path} and {md_path}")
@@ -461,6 +467,9 @@ def compare(
                                          "group folder like A's)."),
     names: Optional[str] = typer.Option(None, "--names", help="Labels 'A,B' for the table (default: the parent folders)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compare BERTScore too (needs the encoder)."),
+    specificity: bool = typer.Option(True, "--specificity/--no-specificity",
+                                     help="Compare pair retrieval's per-pair reciprocal rank too (ret_mrr; the shared "
+                                     "pairs' references are the candidates; needs the embedded encoder)."),
     resamples: int = typer.Option(10_000, "--resamples", min=100, help="Bootstrap and permutation resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
 ) -> None:
@@ -484,7 +493,7 @@ def compare(
         raise UsageError(f"--names takes two labels 'A,B'; got {names!r}")
     if out is not None:
         check_output_file(out, inputs=(predictions_a, predictions_b))
-    kw = dict(names=labels, bertscore=bertscore, n_resamples=resamples)
+    kw = dict(names=labels, bertscore=bertscore, specificity=specificity, n_resamples=resamples)
     if all(folders):
         result = significance.compare_seeds(significance.seed_files(predictions_a),
                                             significance.seed_files(predictions_b), **kw)

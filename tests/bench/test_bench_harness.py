@@ -63,6 +63,8 @@ def test_mini_config_end_to_end(finished):
                  "## Number of gates K (Table 3)", "| vae-gmm-k3 | 3 |", "## Sparsity (Figure 4)", "**ds1**",
                  "## Latent space (Figure 5)", "## Cost per run", "```yaml", "Machine:"):
         assert text in report, text
+    # pair retrieval (evaluate's default) beside the overlap metrics, with its chance levels
+    assert "| Ret-R@1↑ | Ret-MRR↑ |" in report and "chance levels (a random ranking): N = " in report
     # the ablation says what each of its runs sets, from the config (not from a fixed text about one method)
     assert '- `single-gate`: gavamoe, {"moe": {"variant": "single-gate"}}' in report
     assert "- `gavamoe`: gavamoe, its defaults" in report
@@ -295,3 +297,28 @@ def test_decoding_chosen_on_valid_then_applied_to_test(tmp_path, write_config):
     assert done["tuned"]["chosen"] == record["chosen"] and "rougeL" in done["tuned"]["metrics"]
     assert len((run / "predictions_tuned.jsonl").read_text().splitlines()) == done["n"]
     assert "## Decoding chosen on the validation split" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_shows_pair_retrieval_beside_overlap_and_a_dash_for_runs_evaluated_before_it(tmp_path, write_config):
+    """Finished runs written by hand: one evaluated before pair retrieval existed (no ret_* metrics), one after."""
+    from explainrec.bench.report import write_report
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot", "gavamoe"],
+                          experiments={"main": ["zero-shot", "gavamoe"]})
+    cfg = load_config(config)
+    planned = plan(cfg)
+    metrics = {"zero-shot": {"rougeL": 10.0, "bertscore_f1": 50.0},
+               "gavamoe": {"rougeL": 20.0, "bertscore_f1": 60.0, "ret_r1": 4.0, "ret_mrr": 12.5}}
+    for p in planned:
+        p.run_dir.mkdir(parents=True)
+        (p.run_dir / "run.json").write_text(json.dumps(p.spec.to_dict()))
+        (p.run_dir / "done.json").write_text(json.dumps({"metrics": metrics[p.run], "n": 30}))
+        if p.run == "gavamoe":
+            (p.run_dir / "metrics.json").write_text(json.dumps(
+                {"metrics": metrics[p.run], "chance": {"ret_r1": 100 / 30, "ret_r10": 1000 / 30, "ret_mrr": 13.3187},
+                 "config": {"specificity": {"candidates": 30}}}))
+    report = write_report(cfg, planned, tmp_path / "out").read_text()
+    assert "| Run | n | ROUGE-L↑ | BERTScore F1↑ | Ret-R@1↑ | Ret-MRR↑ |" in report
+    assert "| zero-shot | 30 | 10.00 | 50.00 | – | – |" in report
+    assert "| gavamoe | 30 | **20.00** | **60.00** | 4.00 | 12.50 |" in report
+    assert "chance levels (a random ranking): N = 30: Ret-R@1 3.33, Ret-MRR 13.32." in report

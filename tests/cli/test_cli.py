@@ -120,3 +120,27 @@ def test_tune_decoding_then_explain_with_it(tmp_path):
     _ok("explain", "--method", "zero-shot", "--model", "tiny", "--data", DATA, "--limit", "2", "--out", preds,
         "--decoding", record_path)
     assert len(preds.read_text().splitlines()) == 2
+
+
+def test_evaluate_writes_pair_retrieval_with_its_chance_levels(tmp_path, monkeypatch):
+    import torch
+
+    from explainrec.metrics import specificity
+
+    class Letters:  # a fake sentence encoder: letter counts
+        def encode(self, texts):
+            return torch.tensor([[float(t.count(c)) for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts])
+
+    monkeypatch.setattr(specificity, "load_sentence_encoder", lambda *a, **kw: (Letters(), None))
+    refs = ["good pizza", "quiet rooms", "slow service", "lovely view"]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"prediction": r, "reference": r}) + "\n" for r in refs))
+    out = _ok("evaluate", preds, "--no-bertscore", "--out", tmp_path / "on")
+    saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert saved["metrics"]["ret_r1"] == saved["metrics"]["ret_mrr"] == 100.0 and "ret_r10" in saved["metrics"]
+    assert saved["chance"]["ret_r1"] == 25.0 and saved["config"]["specificity"]["candidates"] == 4
+    assert "| Ret-R@1 (chance 25.00) | 100.00 |" in out and "Ret-MRR (chance 52.08)" in out
+    _ok("evaluate", preds, "--no-bertscore", "--no-specificity", "--out", tmp_path / "off")
+    saved = json.loads((tmp_path / "off" / "metrics.json").read_text())
+    assert "ret_mrr" not in saved["metrics"] and saved["config"]["specificity"] == "disabled"
+    assert "--no-specificity" in _ok("evaluate", "--help") and "--no-specificity" in _ok("compare", "--help")

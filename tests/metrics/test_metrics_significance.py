@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from explainrec.cli import app
 from explainrec.data.schema import DataError
-from explainrec.metrics.significance import align, compare, over_seeds, paired_bootstrap
+from explainrec.metrics.significance import align, compare, over_seeds, paired_bootstrap, to_markdown
 
 REFS = ["the user loves thrilling mysteries", "the pizza is great and the staff friendly",
         "a cozy romance for a rainy day", "a fun read with strong and funny characters",
@@ -136,3 +136,49 @@ def test_compare_seeds_loads_the_bertscore_encoder_once(tmp_path, monkeypatch):
     b = _group(tmp_path, "b", {0: REFS, 1: REFS})
     result = compare_seeds(seed_files(a), seed_files(b), n_resamples=200)
     assert len(loaded) == 1 and "bertscore_f1" in result["over_seeds"]
+
+
+class _WordsEncoder:
+    """A fake sentence encoder: hashed word counts (texts sharing words are close)."""
+
+    def encode(self, texts):
+        import zlib
+
+        import torch
+
+        out = torch.zeros(len(texts), 256)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, zlib.crc32(w.encode()) % 256] += 1.0
+        return torch.nn.functional.normalize(out, dim=-1)
+
+
+def test_compare_includes_the_reciprocal_rank_of_pair_retrieval():
+    good = _rows(REFS)
+    template = _rows(["a great place, the user will love it"] * 6)
+    res = compare(template, good, names=("template", "good"), bertscore=False, n_resamples=500,
+                  encoder=_WordsEncoder())
+    mrr = res["metrics"]["ret_mrr"]
+    assert mrr["mean_b"] == pytest.approx(100.0) and mrr["diff"] > 0
+    assert list(res["metrics"]).index("ret_mrr") == list(res["metrics"]).index("rougeL") + 1  # before avg_len
+    assert "| ret_mrr |" in to_markdown(res)
+    off = compare(template, good, bertscore=False, specificity=False, n_resamples=200)
+    assert "ret_mrr" not in off["metrics"]
+
+
+def test_compare_seeds_loads_the_sentence_encoder_once(tmp_path, monkeypatch):
+    from explainrec.metrics import specificity
+    from explainrec.metrics.significance import compare_seeds, seed_files
+
+    loaded = []
+
+    def counting(*a, **kw):
+        loaded.append(1)
+        return _WordsEncoder(), None
+
+    monkeypatch.setattr(specificity, "load_sentence_encoder", counting)
+    a = _group(tmp_path, "a", {0: ["nothing to do with it"] * 6, 1: REFS})
+    b = _group(tmp_path, "b", {0: REFS, 1: REFS})
+    result = compare_seeds(seed_files(a), seed_files(b), bertscore=False, n_resamples=200)
+    assert len(loaded) == 1 and "ret_mrr" in result["over_seeds"]
+    assert result["per_seed"]["seed1"]["metrics"]["ret_mrr"]["diff"] == 0.0  # same predictions: no gap

@@ -4,7 +4,8 @@ Everything is read back from the run folders (``done.json``, the stages' ``metri
 ``OUT/bench_log.jsonl``, so the report can be rebuilt at any time (``explainrec bench CONFIG --report-only``) and
 shows whatever has finished. Experiments (the config's ``experiments:``):
 
-    main       Table 2: one table per dataset, runs x (BLEU-1/4, ROUGE-1/L, Distinct-1/2, BERTScore P/R/F1, USR)
+    main       Table 2: one table per dataset, runs x (BLEU-1/4, ROUGE-1/L, Distinct-1/2, BERTScore P/R/F1,
+               pair retrieval R@1/MRR, USR); runs evaluated before pair retrieval existed show "–" there
     ablation   Figure 3: the same table over the ablation runs, plus a bar chart per dataset
     gates      Table 3: per number of clusters K, the cluster sizes, stage 1's test AUC and the text metrics
     sparsity   Figure 4: the metrics per user-activity bucket (ds1 most active ... ds3 sparsest), table + bars
@@ -25,10 +26,12 @@ from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_in
 from explainrec.io import atomic_write_text
 from explainrec.metrics.report import METRICS
 
+SPECIFICITY = ("ret_r1", "ret_mrr")  # pair retrieval (metrics.specificity): read beside the overlap metrics
 TABLE2 = ("bleu1", "bleu4", "rouge1", "rougeL", "distinct1", "distinct2", "bertscore_p", "bertscore_r",
-          "bertscore_f1", "usr")
+          "bertscore_f1", *SPECIFICITY, "usr")
 FIGURE_METRICS = ("bleu4", "rougeL", "bertscore_f1", "distinct2", "usr")  # one panel each in the bar charts
-GATES_METRICS = ("bleu4", "rougeL", "bertscore_f1", "usr")
+GATES_METRICS = ("bleu4", "rougeL", "bertscore_f1", *SPECIFICITY, "usr")
+DECODING_METRICS = ("bleu4", "rougeL", "bertscore_f1", *SPECIFICITY, "distinct2", "usr")
 FRACTIONS = {"usr", "fmr", "fcr"}  # shown with 4 decimals, as in explainrec.metrics
 FIGURES = "figures"
 
@@ -151,7 +154,27 @@ def _metric_table(groups: list[tuple[str, list[RunResult]]], bucket: str | None 
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {run}{_missing_note(rs)} | {n} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    chance = (_chance_note([r for _, rs in groups for r in rs])
+              if bucket is None and any(m in SPECIFICITY for m in names) else None)
+    return lines + ([""] + [chance] if chance else []) + [""]
+
+
+def _chance_note(results: list[RunResult]) -> str | None:
+    """The chance levels of pair retrieval, from the runs' metrics.json (they depend on the number of candidates)."""
+    found = {}
+    for r in results:
+        if r.done is None:
+            continue
+        m = _read_json(r.planned.run_dir / "metrics.json") or {}
+        spec, chance = (m.get("config") or {}).get("specificity"), m.get("chance") or {}
+        if isinstance(spec, dict) and all(k in chance for k in SPECIFICITY):
+            found[spec.get("candidates")] = chance
+    if not found:
+        return None
+    parts = [f"N = {n}: " + ", ".join(f"{METRICS[k][0]} {c[k]:.2f}" for k in SPECIFICITY)
+             for n, c in sorted(found.items(), key=lambda x: (x[0] is None, x[0] or 0))]
+    return ("Pair retrieval ranks each pair's own reference among the N distinct references of the pairs its run "
+            "explained (MiniLM cosine to the prediction); chance levels (a random ranking): " + "; ".join(parts) + ".")
 
 
 def _n(done: list[RunResult], bucket: str | None) -> str:
@@ -326,7 +349,8 @@ def section_gates(cfg, results, runs, out) -> list[str]:
 def section_sparsity(cfg, results, runs, out) -> list[str]:
     lines = ["## Sparsity (Figure 4)", "",
              "The explained pairs sorted by their user's number of train interactions and cut into three equal parts: "
-             "ds1 = the most active users, ds3 = the sparsest. Corpus metrics are computed on each bucket's rows.", ""]
+             "ds1 = the most active users, ds3 = the sparsest. Corpus metrics are computed on each bucket's rows; pair "
+             "retrieval keeps the whole split's references as its candidates in every bucket.", ""]
     for ds in _datasets(cfg, results):
         groups = _groups(results, ds, runs)
         buckets = sorted({b for _, rs in groups for r in rs if r.done for b in (r.done.get("buckets") or {})})
@@ -432,7 +456,7 @@ def section_alignment(cfg, results, runs, out) -> list[str]:
 
 def section_decoding(cfg, results, runs, out) -> list[str]:
     """Greedy against the decoding chosen on the valid split (``tune_decoding``), both scored once on the split."""
-    keys = ("bleu4", "rougeL", "bertscore_f1", "distinct2", "usr")
+    keys = DECODING_METRICS
     lines = ["## Decoding chosen on the validation split", "",
              f"Each run's candidates (greedy, repetition penalty, n-gram blocking, beams, sampling) explained the first "
              f"{(cfg.get('tune_decoding') or {}).get('limit', 100)} validation pairs; the best by "

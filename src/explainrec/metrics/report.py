@@ -2,18 +2,21 @@
 
 Per-example metrics (ROUGE, sentence BLEU, BERTScore, length) are computed once and averaged over each
 subset; corpus-level metrics (BLEU, sacreBLEU, Distinct, USR, FMR/FCR/DIV) are recomputed on each
-subset, so a bucket's BLEU is the BLEU of that bucket's rows, not an average of anything.
+subset, so a bucket's BLEU is the BLEU of that bucket's rows, not an average of anything. Pair retrieval
+(:mod:`explainrec.metrics.specificity`) ranks each pair's own reference among the whole file's references
+once; a bucket averages its rows' values, and its candidates stay the whole file's references.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from explainrec.data.schema import DataError
 from explainrec.io import atomic_write_json, atomic_write_text
 from explainrec.metrics import features as feat
-from explainrec.metrics import semantic, text
+from explainrec.metrics import semantic, specificity as spec, text
 from explainrec.metrics.predictions import check_rows
 
 # name -> (label, higher_is_better, description); higher_is_better None = no better direction.
@@ -31,6 +34,12 @@ METRICS: dict[str, tuple[str, bool | None, str]] = {
     "bertscore_p": ("BERTScore P", True, "mean BERTScore precision x100"),
     "bertscore_r": ("BERTScore R", True, "mean BERTScore recall x100"),
     "bertscore_f1": ("BERTScore F1", True, "mean BERTScore F1 x100"),
+    "ret_r1": ("Ret-R@1", True, "pair retrieval: % of pairs whose own reference is the nearest of the file's distinct "
+               "references to the prediction (MiniLM cosine); chance 100/N"),
+    "ret_r10": ("Ret-R@10", True, "pair retrieval: % of pairs whose own reference is among the 10 nearest of the "
+                "file's distinct references; chance 100*min(10, N)/N"),
+    "ret_mrr": ("Ret-MRR", True, "pair retrieval: mean reciprocal rank of the own reference, x100 (a percentage like "
+                "the other scores, not a fraction in [0, 1]); chance 100*H_N/N"),
     "fmr": ("FMR", True, "feature matching ratio, fraction (PETER)"),
     "fcr": ("FCR", True, "feature coverage ratio, fraction (PETER)"),
     "div": ("DIV", False, "feature diversity: mean feature overlap of two predictions (PETER); lower is better"),
@@ -83,6 +92,8 @@ def evaluate(
     buckets: bool = True,
     feature_vocab: Sequence[str] | None = None,
     per_example: bool = False,
+    specificity: bool = True,
+    specificity_kwargs: dict | None = None,
 ) -> dict:
     """Score prediction rows (from :func:`load_predictions` or dicts with prediction/reference keys).
 
@@ -92,6 +103,13 @@ def evaluate(
     are refused: score each method on its own. ``bertscore_kwargs`` go to
     :class:`~explainrec.metrics.semantic.BertScoreModel` (num_layers, rescale_with_baseline, device, ...);
     ``bertscore_kwargs={"scorer": BertScoreModel(...)}`` reuses an already loaded encoder.
+
+    ``specificity``: pair retrieval R@1/R@10/MRR (:func:`~explainrec.metrics.specificity.pair_retrieval`), when
+    the sentence encoder loads (else ``config["specificity"]`` says why it was skipped); their chance levels go
+    to ``result["chance"]``. ``specificity_kwargs``: ``encoder`` (a loaded
+    :class:`~explainrec.metrics.embedding.SentenceEncoder`, or any object with ``.encode``, to reuse),
+    ``candidates`` (a larger list of references to rank, e.g. the whole split's), and the rest
+    (``model``, ``device``, ...) to ``SentenceEncoder``.
     """
     rows = check_rows(rows)
     methods = sorted({str(r["method"]) for r in rows if r.get("method") is not None})
@@ -120,6 +138,10 @@ def evaluate(
         config["bertscore"] = bs["config"]
     else:
         config["bertscore"] = "disabled"
+    if specificity:
+        chance = _specificity(preds, refs, per, config, specificity_kwargs)
+    else:
+        chance, config["specificity"] = None, "disabled"
     per["avg_len"] = [float(len(t)) for t in tokens["pred"]]
     if any(r.get("features") for r in rows):
         config["features"] = (
@@ -135,10 +157,45 @@ def evaluate(
         for i, r in enumerate(rows):
             groups.setdefault(r.get("bucket") or "unassigned", []).append(i)
         result["buckets"] = {b: _aggregate(groups[b], rows, tokens, per, feature_vocab) for b in sorted(groups)}
+    if chance:
+        result["chance"] = chance
     result["config"] = config
     if per_example:
         result["per_example"] = per
     return result
+
+
+def _specificity(preds: list[str], refs: list[str], per: dict, config: dict, kwargs: dict | None) -> dict | None:
+    """Pair retrieval into ``per`` (x100 per example: [rank <= k], 1/rank) and ``config``; returns the chance levels,
+    or None when the encoder cannot be loaded."""
+    kw = dict(kwargs or {})
+    encoder, candidates = kw.pop("encoder", None), kw.pop("candidates", None)
+    if encoder is None:
+        encoder, why = spec.load_sentence_encoder(**kw)
+        if encoder is None:
+            warnings.warn(f"pair retrieval skipped: {why}", stacklevel=3)
+            config["specificity"] = f"skipped: {why}"
+            return None
+    pr = spec.pair_retrieval(preds, refs, candidates=candidates, encoder=encoder)
+    for k in spec.KS:
+        per[f"ret_r{k}"] = [100.0 if r <= k else 0.0 for r in pr["rank"]]
+    per["ret_mrr"] = [100.0 * rr for rr in pr["reciprocal_rank"]]
+    config["specificity"] = {
+        "encoder": pr["encoder"],
+        "candidates": pr["n_candidates"],
+        "candidate_source": "the distinct references of the scored rows" if candidates is None
+        else "the given candidate list (it holds every row's reference)",
+        "rank": "1 + candidates strictly more similar to the prediction than the own reference (ties in the "
+        "pair's favour; a blank prediction gets the last rank)",
+        "buckets": "a bucket averages its rows' values; its candidates stay the whole file's references",
+        "scale": "R@k and MRR x100; chance = a uniformly random ranking (R@k: k/N, MRR: H_N/N)",
+    }
+    return pr["chance"]
+
+
+def _label(name: str, chance: dict) -> str:
+    label = METRICS.get(name, (name,))[0]
+    return f"{label} (chance {chance[name]:.2f})" if name in chance else label
 
 
 def _fmt(name: str, value: float | None) -> str:
@@ -154,9 +211,11 @@ def _arrow(higher: bool | None) -> str:
 def to_markdown(result: dict, title: str = "Explanation quality") -> str:
     """Markdown report: a mean/std table, a per-bucket table when present, and the settings used."""
     lines = [f"# {title}", "", f"n = {result['n']}", "", "| Metric | Mean | Std | Better |", "|---|---:|---:|:---:|"]
+    chance = result.get("chance") or {}
     for name, value in result["metrics"].items():
-        label, higher, _ = METRICS.get(name, (name, None, ""))
-        lines.append(f"| {label} | {_fmt(name, value)} | {_fmt(name, result['std'].get(name))} | {_arrow(higher)} |")
+        higher = METRICS.get(name, (name, None, ""))[1]
+        lines.append(f"| {_label(name, chance)} | {_fmt(name, value)} | {_fmt(name, result['std'].get(name))} | "
+                     f"{_arrow(higher)} |")
     buckets = result.get("buckets")
     if buckets:
         names = list(buckets)
@@ -173,7 +232,7 @@ def to_markdown(result: dict, title: str = "Explanation quality") -> str:
                 if value is not None and name in buckets[b]["std"]:
                     cell += f" ± {_fmt(name, buckets[b]['std'][name])}"
                 cells.append(cell)
-            lines.append(f"| {METRICS[name][0]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_label(name, chance)} | " + " | ".join(cells) + " |")
     config = result.get("config", {})
     bs = config.get("bertscore")
     lines += ["", "## Settings", ""]
@@ -182,8 +241,12 @@ def to_markdown(result: dict, title: str = "Explanation quality") -> str:
             f"- BERTScore: {bs['encoder']}, layer {bs['num_layers']}, rescale_with_baseline={bs['rescale_with_baseline']}, "
             "x100" + (f" -- **{bs['note']}**" if bs.get("note") else "")
         )
+    sp = config.get("specificity")
+    if isinstance(sp, dict):
+        lines.append(f"- Pair retrieval (Ret-R@k, Ret-MRR): {sp['encoder']}; N = {sp['candidates']} candidates, "
+                     f"{sp['candidate_source']}; {sp['rank']}; {sp['buckets']}; {sp['scale']}")
     for key, value in config.items():
-        if key != "bertscore":
+        if key != "bertscore" and not (key == "specificity" and isinstance(value, dict)):
             lines.append(f"- {key}: {value}")
     lines.append("- ↑ higher is better, ↓ lower is better; USR/FMR/FCR are fractions, other scores are x100 (DIV and length are counts)")
     return "\n".join(lines) + "\n"

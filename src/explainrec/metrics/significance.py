@@ -3,8 +3,9 @@
 With ~300 test pairs per dataset, a point or two of ROUGE-L or BERTScore can come from which pairs happen to be in
 the split. Pairing the two methods' scores pair by pair removes the pairs' own difficulty from the comparison; the
 bootstrap gives a confidence interval of the mean gap and a sign-flip permutation test its p-value (both from
-scipy.stats). Only per-pair metrics are compared (sentence BLEU, ROUGE, BERTScore, length); corpus-level BLEU and
-Distinct have no per-pair value.
+scipy.stats). Only per-pair metrics are compared (sentence BLEU, ROUGE, BERTScore, pair retrieval's reciprocal rank,
+length); corpus-level BLEU and Distinct have no per-pair value. The reciprocal rank ranks each pair's own reference
+among the shared pairs' references, the same candidates for both files, so the test is conditional on that set.
 
 Across training runs (seeds) the unit is the run, not the pair: :func:`compare_seeds` tests each seed's pair of
 runs as above, then the seeds' mean gaps with a one-sample t-test (with 3 seeds only a large, steady gap passes).
@@ -22,7 +23,8 @@ from explainrec.metrics.report import evaluate
 
 # per-pair metrics worth a test, in report order (avg_len is there to show a length difference, not as a quality)
 BERTSCORE_MODEL = "minilm"  # the embedded encoder
-PAIRED_METRICS = ("sent_bleu", "rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1", "avg_len")
+PAIRED_METRICS = ("sent_bleu", "rouge1", "rouge2", "rougeL", "bertscore_p", "bertscore_r", "bertscore_f1", "ret_mrr",
+                  "avg_len")
 
 
 def paired_bootstrap(
@@ -87,22 +89,43 @@ def compare(
     n_resamples: int = 10_000,
     seed: int = 0,
     scorer=None,
+    specificity: bool = True,
+    encoder=None,
 ) -> dict:
     """``{"names", "n", "unpaired": (len A, len B), "metrics": {metric: paired_bootstrap(...)}}``, B minus A.
-    ``scorer``: a loaded :class:`~explainrec.metrics.semantic.BertScoreModel` to reuse (else one is loaded)."""
+    ``scorer``: a loaded :class:`~explainrec.metrics.semantic.BertScoreModel` to reuse (else one is loaded);
+    ``encoder``: a loaded :class:`~explainrec.metrics.embedding.SentenceEncoder` for pair retrieval (``ret_mrr``, the
+    per-pair reciprocal rank x100) to reuse (else one is loaded; without it, ``ret_mrr`` is left out)."""
     n_a, n_b = len(rows_a), len(rows_b)
     paired_a, paired_b = align(rows_a, rows_b, names)
-    kw = {"bertscore": bertscore, "bertscore_model": bertscore_model, "buckets": False, "per_example": True}
+    kw = {"bertscore": bertscore, "bertscore_model": bertscore_model, "buckets": False, "per_example": True,
+          "specificity": specificity}
     if bertscore:
         from explainrec.metrics.semantic import BertScoreModel
 
         kw["bertscore_kwargs"] = {"scorer": scorer or BertScoreModel(bertscore_model)}  # one encoder for both
+    if specificity:
+        kw["specificity"], kw["specificity_kwargs"] = _sentence_encoder(encoder)  # one encoder for both
     per_a = evaluate(paired_a, **kw)["per_example"]
     per_b = evaluate(paired_b, **kw)["per_example"]
     metrics = {m: paired_bootstrap(per_a[m], per_b[m], n_resamples=n_resamples, seed=seed)
                for m in PAIRED_METRICS if m in per_a}
     return {"names": list(names), "n": len(paired_a), "unpaired": [n_a - len(paired_a), n_b - len(paired_b)],
             "metrics": metrics, "n_resamples": n_resamples, "seed": seed}
+
+
+def _sentence_encoder(encoder) -> tuple[bool, dict | None]:
+    """``(specificity on?, specificity_kwargs)`` with a loaded encoder; off (with a warning) when none loads."""
+    if encoder is None:
+        import warnings
+
+        from explainrec.metrics.specificity import load_sentence_encoder
+
+        encoder, why = load_sentence_encoder()
+        if encoder is None:
+            warnings.warn(f"pair retrieval (ret_mrr) left out: {why}", stacklevel=3)
+            return False, None
+    return True, {"encoder": encoder}
 
 
 def to_markdown(result: dict) -> str:
@@ -154,6 +177,9 @@ def compare_seeds(files_a: Mapping[str, str | Path], files_b: Mapping[str, str |
         from explainrec.metrics.semantic import BertScoreModel
 
         kw["scorer"] = BertScoreModel(kw.get("bertscore_model", BERTSCORE_MODEL))
+    if kw.get("specificity", True) and kw.get("encoder") is None:  # and the sentence encoder once
+        kw["specificity"], spec_kw = _sentence_encoder(None)
+        kw["encoder"] = (spec_kw or {}).get("encoder")
     per_seed = {s: compare(load_predictions(files_a[s]), load_predictions(files_b[s]), names=names, **kw)
                 for s in seeds}
     metrics = [m for m in PAIRED_METRICS if all(m in r["metrics"] for r in per_seed.values())]
