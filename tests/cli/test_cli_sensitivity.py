@@ -82,7 +82,8 @@ def test_sensitivity_of_an_untrained_method_needs_out(tmp_path):
     (["--data", DATA], "sensitivity needs a run folder"),
     (["{tmp}", "--data", DATA, "--split", "tests"], "unknown split 'tests'"),
     (["{tmp}", "--data", DATA, "--precision", "int4"], "--precision 'int4': expected one of"),
-    (["{tmp}", "--data", DATA, "--out", "{tmp}/file.txt"], "--out {tmp}/file.txt: is a file; this option takes a folder"),
+    (["{tmp}", "--data", DATA, "--out", "{tmp}/file.txt"],
+     "--out {tmp}/file.txt: is a file; this option takes a folder"),
 ])
 def test_sensitivity_usage_errors(tmp_path, args, expected):
     (tmp_path / "file.txt").write_text("x")

@@ -70,6 +70,7 @@ def test_a_template_scores_zero_everywhere(data):
     for key in TOWARD:
         assert m[key] == 0.0 and result["counts"][key] == 10
     assert m["toward_profile_positive"] == m["toward_reference_positive"] == m["away_from_own_negative"] == 0.0
+    assert result["control"] == {"pairs": 8, "changed": 0.0, "change": 0.0} and not result["notes"]
     assert all(not s["changed"] and s["original"] == s["swapped"] for s in result["swaps"])
     assert all(s["other_user"] != s["user"] for s in result["swaps"])
     md = to_markdown(result)
@@ -89,8 +90,9 @@ def test_echoing_the_users_profile_moves_toward_the_new_user(data):
 def test_the_swapped_prompt_holds_the_new_users_profile_and_the_same_item(data):
     explainer = FakeExplainer(lambda p: "x")
     result = user_sensitivity(explainer, data, n=6, encoder=BagOfWords())
-    (asked,) = explainer.calls
+    asked, again = explainer.calls
     originals, swapped = asked[:6], asked[6:]
+    assert again == originals  # the noise-floor control: the originals generated again, in a call of their own
     for s, o, w in zip(result["swaps"], originals, swapped):
         assert (o.user, o.item, w.user, w.item) == (s["user"], s["item"], s["other_user"], s["item"])
         assert w.user != o.user
@@ -114,7 +116,7 @@ def test_a_method_with_clusters_swaps_into_another_cluster_whenever_one_exists(d
         crossing = {u for u in split_users - {s["user"]} if _cluster_of(data.pair(u, s["item"])[0]) != s["cluster"]}
         assert s["crossed"] == bool(crossing) and (not crossing or s["other_user"] in crossing)
     assert result["clusters"]["crossed"] == sum(s["crossed"] for s in result["swaps"]) > 0
-    assert len(explainer.calls) == 1  # clusters come from prepare: nothing generated to find them
+    assert len(explainer.calls) == 2  # the explanations and the noise control: clusters come from prepare
     assert "crossed clusters" in to_markdown(result)
 
 
@@ -157,20 +159,39 @@ def test_original_rows_are_reused_when_they_match_and_explained_again_when_not(d
              "prediction": write(data.pair_of(e))} for e in data.split_examples("test")]
     explainer = FakeExplainer(write)
     fresh = user_sensitivity(FakeExplainer(write), data, n=6, encoder=BagOfWords())
-    reused = user_sensitivity(explainer, data, n=6, encoder=BagOfWords(), original_rows=rows, verify=2)
-    assert len(explainer.calls) == 1 and len(explainer.calls[0]) == 2 + 6  # two checked again, six swapped
+    reused = user_sensitivity(explainer, data, n=6, encoder=BagOfWords(), original_rows=rows, control=2)
+    assert [len(c) for c in explainer.calls] == [6, 2]  # the six swapped pairs; two originals checked again
     assert reused["originals"]["source"] == "given rows" and reused["originals"]["reused"] == 6
-    assert reused["swaps"] == fresh["swaps"] and reused["means"] == fresh["means"]
+    assert [s["swapped"] for s in reused["swaps"]] == [s["swapped"] for s in fresh["swaps"]]
+    assert [s["original"] for s in reused["swaps"]] == [s["original"] for s in fresh["swaps"]]
+    assert reused["means"] == fresh["means"]
 
     stale = [{**r, "prediction": "made with other settings"} for r in rows]
     explainer = FakeExplainer(write)
     redone = user_sensitivity(explainer, data, n=6, encoder=BagOfWords(), original_rows=stale)
     assert redone["originals"]["source"] == "explained" and "came out differently" in redone["originals"]["note"]
-    assert redone["swaps"] == fresh["swaps"]
+    assert redone["swaps"] == fresh["swaps"] and redone["control"]["changed"] == 0.0
 
     other_split = [{**r, "reference": "another text"} for r in rows]
     result = user_sensitivity(FakeExplainer(write), data, n=6, encoder=BagOfWords(), original_rows=other_split)
     assert result["originals"]["reused"] == 0 and "none of the sampled pairs" in result["originals"]["note"]
+
+
+def test_generation_that_depends_on_the_batch_shows_a_noise_floor(data):
+    """Greedy int8 text on a CPU can change with the batch it is generated in; the control measures that floor."""
+
+    class BatchDependent(FakeExplainer):
+        def explain(self, pairs, generation=None, **_):
+            return [{**r, "prediction": f"{r['prediction']} {len(pairs)}"}
+                    for r in super().explain(pairs, generation)]
+
+    result = user_sensitivity(BatchDependent(lambda p: "the same for all"), data, n=10, encoder=BagOfWords(),
+                              control=4)
+    assert result["means"]["changed"] == 0.0  # originals and swapped pairs shared one call
+    assert result["control"]["pairs"] == 4 and result["control"]["changed"] == 100.0
+    assert result["control"]["change"] > 0 and any(n.startswith("noise floor: 4 of 4") for n in result["notes"])
+    assert [s["regenerated"] is not None for s in result["swaps"]] == [True] * 4 + [False] * 6
+    assert "| noise floor: changed (%) | 100.00 | 4 |" in to_markdown(result)
 
 
 def test_bad_arguments_are_clear_errors(data):

@@ -17,13 +17,13 @@ writes the same text for (u, i) and (u', i), so it scores exactly 0 on every fig
 swap whose text it needs is missing (a dataset without profiles), and the result counts and says so.
 
 Sampling is deterministic per seed and independent of the method: the pairs are ``rng.sample`` of the split's
-examples, then for each pair the same ``rng`` draws ``candidates`` other users of the split in a fixed order; u' is
-the first of them. For a method that reports a ``cluster`` per pair (what ``Prepared.extras(i, "")`` returns,
-read without generating), u' is instead the first candidate whose swapped pair (u', i) is routed through ANOTHER
-cluster than (u, i), so that the swap also exercises the routing; where none of the candidates crosses, it is the
-first candidate again. So two methods evaluated with the same seed on the same data get the same (u, u', i) triples
-unless one of them reports clusters and its first candidate stayed in the pair's cluster; the same (u, i) pairs
-always.
+examples, then for each pair the same ``rng`` draws ``candidates`` other users of the split in a fixed order (so the
+triples also depend on ``candidates``, 16 by default); u' is the first of them. For a method that reports a
+``cluster`` per pair (what ``Prepared.extras(i, "")`` returns, read without generating), u' is instead the first
+candidate whose swapped pair (u', i) is routed through ANOTHER cluster than (u, i), so that the swap also exercises
+the routing; where none of the candidates crosses, it is the first candidate again. So two methods evaluated with
+the same seed on the same data get the same (u, u', i) triples unless one of them reports clusters and its first
+candidate stayed in the pair's cluster; they always get the same (u, i) pairs.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from explainrec.data.schema import DataError, Dataset
 from explainrec.methods.explain import normalise_split
 
 CANDIDATES = 16  # other users probed per pair for a cluster crossing (16 misses a cluster of 1/4 of pairs w.p. 1%)
-VERIFY = 2  # texts reused from original_rows that are generated again to check they were made the same way
+CONTROL = 8  # originals generated again in a call of their own: the noise floor of the figures
 FIGURES = ("changed", "change", "toward_profile", "toward_reference", "away_from_own")
 MEANINGS = {
     "changed": "share of swaps whose text differs at all (%)",
@@ -45,12 +45,13 @@ MEANINGS = {
     "toward_profile": "cosine to u''s profile, swapped minus original (x100): > 0 moves toward the new user",
     "toward_reference": "cosine to u''s own reference explanation, swapped minus original (x100)",
     "away_from_own": "cosine to u's profile, swapped minus original (x100): < 0 moves away from the first user",
+    "noise": "the same pair (u, i) generated again in another batch: what changed and change are without a swap",
 }
 
 
 def user_sensitivity(explainer, dataset: Dataset, *, split: str = "test", n: int = 48, seed: int = 0,
                      generation=None, encoder=None, original_rows: Sequence[dict] | None = None,
-                     candidates: int = CANDIDATES, verify: int = VERIFY, progress: bool = False) -> dict:
+                     candidates: int = CANDIDATES, control: int = CONTROL, progress: bool = False) -> dict:
     """Explain ``n`` sampled pairs (u, i) of ``split`` and the same items for other users (u', i); see the module.
 
     Args:
@@ -61,9 +62,11 @@ def user_sensitivity(explainer, dataset: Dataset, *, split: str = "test", n: int
         encoder: an object with ``encode(texts) -> (m, d)`` tensor (default: ``SentenceEncoder("minilm")``).
         original_rows: rows of an earlier explanation of the split (``RUN/predictions.jsonl``), matched by user and
             item: their texts stand for the original explanations (rows whose ``reference`` is not the split's are
-            ignored). Up to ``verify`` of the reused texts are generated again with ``generation``; if any differs,
-            the file was made another way (other settings, precision, model) and every original is explained.
+            ignored). They are kept only if the ``control`` texts equal them; else every original is explained.
         candidates: other users drawn per pair (the first is u'; more are only probed for a cluster crossing).
+        control: the first ``control`` sampled originals are generated again, in a call of their own: the change
+            between the two texts of the same pair is the noise floor of ``changed`` and ``change`` (0 where greedy
+            text does not depend on the batch it is generated in: fp32 does not here, int8 on a CPU does).
 
     Returns a JSON-able dict: ``means``, ``counts``, ``clusters``, ``originals``, ``notes``, ``settings`` and one row
     per swap in ``swaps`` (:func:`to_markdown` renders it).
@@ -73,6 +76,8 @@ def user_sensitivity(explainer, dataset: Dataset, *, split: str = "test", n: int
     split = normalise_split(split)
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
+    if control < 0:
+        raise ConfigError(f"control must be at least 0, got {control}")
     if candidates < 1:
         raise ConfigError(f"candidates must be at least 1, got {candidates}")
     generation = generation or GenerationConfig()
@@ -97,19 +102,20 @@ def user_sensitivity(explainer, dataset: Dataset, *, split: str = "test", n: int
     chosen, other_clusters = _choose(explainer, dataset, originals, drawn, clusters)
     swapped = [dataset.pair(dataset.users.decode(v), p.item)[0] for v, p in zip(chosen, originals)]
 
-    texts, origin = _original_texts(explainer, originals, picked, swapped, original_rows, generation, verify,
-                                    progress)
-    original_texts, swapped_texts = texts
+    original_texts, swapped_texts, control_texts, origin = _explain_all(
+        explainer, originals, picked, swapped, original_rows, generation, control, progress)
 
     if encoder is None:
         from explainrec.metrics.embedding import SentenceEncoder
 
         encoder = SentenceEncoder("minilm")
     references = [_reference_of(examples, v, ex.item) for v, ex in zip(chosen, picked)]
-    swaps = _score(encoder, picked, originals, swapped, original_texts, swapped_texts, references, dataset,
-                   clusters, other_clusters)
-    return _result(explainer, swaps, split=split, n=n, seed=seed, candidates=candidates, generation=generation,
-                   encoder=encoder, origin=origin, clusters=clusters is not None)
+    swaps = _score(encoder, originals, swapped, original_texts, swapped_texts, references, clusters, other_clusters)
+    for swap, again in zip(swaps, control_texts):
+        swap["regenerated"] = again  # the original generated again: the noise floor
+    floor = _changes(original_texts[:len(control_texts)], control_texts)
+    return _result(explainer, swaps, floor, split=split, n=n, seed=seed, candidates=candidates,
+                   generation=generation, encoder=encoder, origin=origin, clusters=clusters is not None)
 
 
 # ---------------------------------------------------------------------------------------------------- choosing u'
@@ -161,9 +167,14 @@ def _reference_of(examples, user: int, item: int) -> str | None:
 # ---------------------------------------------------------------------------------------------------- explaining
 
 
-def _original_texts(explainer, originals, picked, swapped, original_rows, generation, verify, progress):
-    """``((original texts, swapped texts), origin)``: the originals reused from ``original_rows`` where they match
-    (checked on up to ``verify`` of them), else explained together with the swapped pairs."""
+def _explain_all(explainer, originals, picked, swapped, original_rows, generation, control, progress):
+    """``(original texts, swapped texts, control texts, origin)``.
+
+    One call explains the swapped pairs with whatever originals ``original_rows`` does not hold; a second call of its
+    own generates the first ``control`` originals again (another batch composition). Reused texts must equal their
+    control texts, else they were made another way (settings, precision, model, or batch-dependent numerics) and every
+    original is explained here.
+    """
     reused: dict[int, str] = {}
     origin = {"source": "explained", "reused": 0, "explained": len(originals), "verified": 0, "note": None}
     if original_rows is not None:
@@ -177,37 +188,44 @@ def _original_texts(explainer, originals, picked, swapped, original_rows, genera
                 reused[k] = str(row["prediction"])
         if not reused:
             origin["note"] = "the given rows hold none of the sampled pairs (another split or dataset?)"
-    check = sorted(reused)[:max(verify, 0)]
+
+    def texts_of(pairs) -> list[str]:
+        return [r["prediction"] for r in explainer.explain(pairs, generation, progress=progress)] if pairs else []
+
     todo = [k for k in range(len(originals)) if k not in reused]
-    asked = [originals[k] for k in todo] + [originals[k] for k in check] + list(swapped)
-    rows = explainer.explain(asked, generation, progress=progress)
-    texts = [r["prediction"] for r in rows]
-    fresh = dict(zip(todo, texts[:len(todo)]))
-    redone = texts[len(todo):len(todo) + len(check)]
-    swapped_texts = texts[len(todo) + len(check):]
-    if reused and any(reused[k] != t for k, t in zip(check, redone)):
-        mismatched = sum(reused[k] != t for k, t in zip(check, redone))
-        origin["note"] = (f"{mismatched} of {len(check)} reused texts came out differently when generated again "
-                          "(other settings, precision or model): every original was explained instead")
-        rest = [k for k in reused if k not in check]
-        again = explainer.explain([originals[k] for k in rest], generation, progress=progress) if rest else []
-        fresh.update({k: r["prediction"] for k, r in zip(rest, again)})
-        fresh.update(zip(check, redone))
+    texts = texts_of([originals[k] for k in todo] + list(swapped))
+    fresh, swapped_texts = dict(zip(todo, texts[:len(todo)])), texts[len(todo):]
+    checks = list(range(min(control, len(originals))))
+    control_texts = texts_of([originals[k] for k in checks])
+    checked = [k for k in checks if k in reused]
+    mismatched = sum(reused[k] != control_texts[k] for k in checked)
+    if mismatched:
+        origin["note"] = (f"{mismatched} of {len(checked)} reused texts came out differently when generated again "
+                          "(other settings, precision or model, or batch-dependent numerics): every original was "
+                          "explained here instead")
+        rest = sorted(reused)
+        fresh.update(zip(rest, texts_of([originals[k] for k in rest])))
         reused = {}
-    original_texts = [reused[k] if k in reused else fresh[k] for k in range(len(originals))]
-    if reused:
+    elif reused:
         origin.update(source="given rows", reused=len(reused), explained=len(originals) - len(reused),
-                      verified=len(check))
-    return (original_texts, swapped_texts), origin
+                      verified=len(checked))
+    original_texts = [reused[k] if k in reused else fresh[k] for k in range(len(originals))]
+    return original_texts, swapped_texts, control_texts, origin
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def _score(encoder, picked, originals, swapped, original_texts, swapped_texts, references, dataset, clusters,
-           other_clusters) -> list[dict]:
+def _changes(before: list[str], after: list[str]) -> list[float]:
+    """100 * (1 - ROUGE-L F1) per pair of texts; exactly 0 for texts equal up to surrounding whitespace."""
     from explainrec.metrics.text import rouge_per_example
 
+    rouge_l = rouge_per_example(after, before)["rougeL"] if before else []
+    return [0.0 if a.strip() == b.strip() else 100.0 - r for a, b, r in zip(before, after, rouge_l)]
+
+
+def _score(encoder, originals, swapped, original_texts, swapped_texts, references, clusters,
+           other_clusters) -> list[dict]:
     own_profiles = [_text(p.user_profile) for p in originals]
     new_profiles = [_text(p.user_profile) for p in swapped]
     unique = list(dict.fromkeys(t for t in [*original_texts, *swapped_texts, *own_profiles, *new_profiles,
@@ -221,22 +239,22 @@ def _score(encoder, picked, originals, swapped, original_texts, swapped_texts, r
     def toward(target: str | None, before: str, after: str) -> float | None:
         return None if target is None else 100.0 * (cos(after, target) - cos(before, target))
 
-    rouge_l = rouge_per_example(swapped_texts, original_texts)["rougeL"]
+    changes = _changes(original_texts, swapped_texts)
     swaps = []
-    for k, (ex, pair, other) in enumerate(zip(picked, originals, swapped)):
+    for k, (pair, other) in enumerate(zip(originals, swapped)):
         before, after = original_texts[k], swapped_texts[k]
-        same = before.strip() == after.strip()
         swaps.append({
             "user": pair.user, "other_user": other.user, "item": pair.item,
             "cluster": clusters[k] if clusters is not None else None,
             "other_cluster": other_clusters[k] if other_clusters is not None else None,
             "crossed": clusters[k] != other_clusters[k] if clusters is not None else None,
             "original": before, "swapped": after,
-            "changed": not same,
-            "change": 0.0 if same else 100.0 - rouge_l[k],
+            "changed": before.strip() != after.strip(),
+            "change": changes[k],
             "toward_profile": toward(new_profiles[k], before, after),
             "toward_reference": toward(references[k], before, after),
             "away_from_own": toward(own_profiles[k], before, after),
+            "regenerated": None,
         })
     return swaps
 
@@ -253,7 +271,8 @@ def _share(flags: list[bool]) -> float | None:
     return 100.0 * sum(flags) / len(flags) if flags else None
 
 
-def _result(explainer, swaps, *, split, n, seed, candidates, generation, encoder, origin, clusters: bool) -> dict:
+def _result(explainer, swaps, floor: list[float], *, split, n, seed, candidates, generation, encoder, origin,
+            clusters: bool) -> dict:
     means, counts, notes = {}, {}, []
     means["changed"] = _share([s["changed"] for s in swaps])
     means["change"] = _mean([s["change"] for s in swaps])
@@ -270,6 +289,11 @@ def _result(explainer, swaps, *, split, n, seed, candidates, generation, encoder
             means[f"{key}_positive"] = _share([v > 0 for v in values])
         if len(values) < len(swaps):
             notes.append(f"{key}: left out for {len(swaps) - len(values)} of {len(swaps)} swaps without {need}")
+    control = {"pairs": len(floor), "changed": _share([c > 0 for c in floor]), "change": _mean(floor)}
+    if control["changed"]:
+        notes.append(f"noise floor: {sum(c > 0 for c in floor)} of {len(floor)} originals came out differently when "
+                     "generated again in another batch (batch-dependent numerics, e.g. int8 on a CPU): read changed "
+                     "and change against that floor, or rerun with --precision fp32")
     crossed = sum(1 for s in swaps if s["crossed"])
     if origin.get("note"):
         notes.append(f"originals: {origin['note']}")
@@ -279,11 +303,12 @@ def _result(explainer, swaps, *, split, n, seed, candidates, generation, encoder
         "n": len(swaps),
         "means": means,
         "counts": counts,
+        "control": control,
         "clusters": {"reported": clusters, "crossed": crossed if clusters else None,
                      "not_crossed": len(swaps) - crossed if clusters else None},
         "originals": origin,
         "notes": notes,
-        "settings": {"split": split, "n_requested": n, "seed": seed, "candidates": candidates,
+        "settings": {"split": split, "n_requested": n, "seed": seed, "candidates": candidates, "control": len(floor),
                      "generation": generation.to_dict(),
                      "encoder": getattr(encoder, "description", None) or type(encoder).__name__,
                      "precision": (getattr(explainer, "info", None) or {}).get("precision")},
@@ -308,13 +333,16 @@ def to_markdown(result: dict, title: str | None = None) -> str:
             ("toward_reference", m["toward_reference"], c["toward_reference"], "0", MEANINGS["toward_reference"]),
             ("  share > 0 (%)", m["toward_reference_positive"], c["toward_reference"], "0", ""),
             ("away_from_own", m["away_from_own"], c["away_from_own"], "0", MEANINGS["away_from_own"]),
-            ("  share < 0 (%)", m["away_from_own_negative"], c["away_from_own"], "0", "")]
+            ("  share < 0 (%)", m["away_from_own_negative"], c["away_from_own"], "0", ""),
+            ("noise floor: changed (%)", result["control"]["changed"], result["control"]["pairs"], "0",
+             MEANINGS["noise"]),
+            ("noise floor: change", result["control"]["change"], result["control"]["pairs"], "0", "")]
     s = result["settings"]
     lines = [f"## User sensitivity: {title or result.get('method') or 'explainer'}", "",
              f"{result['n']} pairs (u, i) of split `{s['split']}` (seed {s['seed']}); the same item explained "
              "for another user u' of the split, with the same decoding. A template (the same text for an item "
              "whoever asks) scores 0 on every line.", "",
-             "| figure | value | swaps | template | meaning |", "|---|---:|---:|---:|---|"]
+             "| figure | value | n | template | meaning |", "|---|---:|---:|---:|---|"]
     lines += [f"| {name} | {fmt(v)} | {k} | {t} | {mean} |" for name, v, k, t, mean in rows]
     cl = result["clusters"]
     lines.append("")
