@@ -407,7 +407,12 @@ def tune_decoding(
     method: Optional[str] = typer.Option(None, "--method", help="As for explain (zero-shot: RUN is the LLM)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write decoding.json (default: RUN/decoding.json)."),
     limit: int = typer.Option(100, "--limit", min=1, help="Validation pairs each candidate explains."),
-    rule: str = typer.Option("rougeL+bertscore", "--rule", help="What to maximise: rougeL+bertscore (mean), rougeL, bleu4."),
+    rule: str = typer.Option("rougeL+bertscore", "--rule", help="What to maximise: rougeL+bertscore (mean), rougeL, "
+                             "bleu4, or mrr@overlap-1 (the most specific candidate, by pair-retrieval MRR, among "
+                             "those within 1 point of greedy's overlap)."),
+    grid: str = typer.Option("default", "--grid", help="Candidates: default (greedy, repetition controls, beams, "
+                             "nucleus sampling) or specificity (also typical sampling and k sampled texts reranked "
+                             "by closeness to the pair's inputs)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Score with BERTScore too (embedded MiniLM)."),
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Prompts generated together."),
     max_new_tokens: int = typer.Option(80, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
@@ -425,7 +430,7 @@ def tune_decoding(
     explainer = _open_explainer(run, method, precision)
     record = choose_decoding(explainer, _load_data(data, trust_pickle),
                              GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens), limit=limit,
-                             rule=rule, bertscore=bertscore, echo=typer.echo)
+                             rule=rule, grid=grid, bertscore=bertscore, echo=typer.echo)
     atomic_write_json(target, record)
     typer.echo(f"chosen on {record['pairs']} validation pairs ({record['rule']}): {record['chosen'] or 'greedy'}\n"
                f"wrote {target}")

@@ -133,6 +133,61 @@ def test_changed_option_reruns_only_that_run(finished, tmp_path, monkeypatch):
     assert any("stage1 from" in x and x.rstrip().endswith("base/seed0/stage1") for x in lines)  # same stage 1
 
 
+def test_changed_evaluation_settings_keep_the_training(finished, tmp_path, monkeypatch):
+    """A new generation setting (or split, precision, decoding search) redoes what comes after training only: the
+    model stays, the old outputs are kept aside in RUN/previous-TIME/."""
+    config = copy_of(finished, tmp_path, generation={"batch_size": 9, "max_new_tokens": 4})
+    run = tmp_path / "out" / "synthetic" / "gavamoe" / "seed0"
+    model_time = (run / "model").stat().st_mtime_ns
+    old_predictions = (run / "predictions.jsonl").read_text()
+    from explainrec.bench.state import run_state
+
+    assert {run_state(p) for p in plan(load_config(config)) if p.run_dir == run} == {"partial"}
+    calls = count_run_one(monkeypatch)
+    lines: list[str] = []
+    harness.run_bench(config, echo=lines.append)
+    assert "gavamoe" in calls
+    assert (run / "model").stat().st_mtime_ns == model_time and not list(run.parent.glob("seed0.stale-*"))
+    (previous,) = run.glob("previous-*")
+    assert (previous / "predictions.jsonl").read_text() == old_predictions and (previous / "done.json").exists()
+    assert json.loads((run / "run.json").read_text())["generation"]["max_new_tokens"] == 4
+    assert (run / "done.json").exists() and (run / "predictions.jsonl").read_text() != old_predictions
+    assert any("evaluation settings changed" in x and "training is kept" in x for x in lines)
+
+
+def test_runs_scored_by_an_older_evaluation_are_scored_again_from_their_texts(finished, tmp_path, monkeypatch):
+    from explainrec.bench.runner import EVALUATION_VERSION
+
+    config = copy_of(finished, tmp_path)
+    run = tmp_path / "out" / "synthetic" / "base" / "seed0"
+    done = json.loads((run / "done.json").read_text())
+    assert done["evaluation"] == EVALUATION_VERSION
+    del done["evaluation"]  # as written before the evaluation had a version
+    (run / "done.json").write_text(json.dumps(done))
+    texts = (run / "predictions.jsonl").stat().st_mtime_ns
+    calls = count_run_one(monkeypatch)
+    harness.run_bench(config, **QUIET)
+    assert calls == ["base"]
+    assert (run / "predictions.jsonl").stat().st_mtime_ns == texts  # the texts are kept, only scored again
+    assert json.loads((run / "done.json").read_text())["evaluation"] == EVALUATION_VERSION
+
+
+def test_a_new_decoding_search_keeps_the_test_texts(finished, tmp_path):
+    """Only the files a changed setting decides are made again (here: the decoding search's)."""
+    from explainrec.bench.runner import RunSpec
+
+    spec = RunSpec(data="synthetic", method="zero-shot", generation={"max_new_tokens": 6})
+    saved = spec.to_dict()
+    assert spec.outdated_outputs(saved) == []
+    tuned = RunSpec(data="synthetic", method="zero-shot", generation={"max_new_tokens": 6},
+                    tune_decoding={"limit": 4})
+    assert tuned.trains_like(saved) and "predictions.jsonl" not in tuned.outdated_outputs(saved)
+    assert {"decoding.json", "predictions_tuned.jsonl", "metrics_tuned.json"} <= set(tuned.outdated_outputs(saved))
+    longer = RunSpec(data="synthetic", method="zero-shot", generation={"max_new_tokens": 8})
+    assert {"predictions.jsonl", "metrics.json", "decoding.json"} <= set(longer.outdated_outputs(saved))
+    assert not RunSpec(data="synthetic", method="zero-shot", seed=1).trains_like(saved)
+
+
 def test_report_only_rebuilds_from_the_run_folders(finished, tmp_path, monkeypatch):
     config = copy_of(finished, tmp_path)
     (tmp_path / "out" / "report.md").unlink()

@@ -27,7 +27,9 @@ largest files) once the run is done; ``precision`` (auto = int8 on CPU | fp32 | 
 (``limit``, ``explanations``, ``zero_shot``) sets how runs of a method aligned to a recommender (RecExplainer) are
 evaluated against it (experiment kind ``alignment``: the paper's Table 1 and the explanation checks). Any registered
 method may be a run's ``method`` (``explainrec methods``), stage-only ones too (e.g. ``vae-gmm``: GaVaMoE's stage 1
-alone, for cluster sweeps); its ``options`` are that method's settings.
+alone, for cluster sweeps); its ``options`` are that method's settings. ``tune_decoding`` (``limit``, ``rule``,
+``grid``) chooses each run's decoding on the valid split and applies it once to the split (experiment kind
+``decoding``; when that experiment lists runs, only those search).
 
 A relative ``out`` or dataset folder is taken from the directory the command runs in, so the shipped configs
 work from the repository root.
@@ -112,8 +114,14 @@ def load_config(path: str | Path) -> dict:
 
     GenerationConfig.from_dict(cfg.get("generation") or {}, f"{path}: generation")
     tune = cfg.get("tune_decoding") or {}
-    if not isinstance(tune, dict) or set(tune) - {"limit", "rule"}:
-        raise ConfigError(f"{path}: tune_decoding: expected a mapping with keys among ['limit', 'rule']")
+    if not isinstance(tune, dict) or set(tune) - {"limit", "rule", "grid"}:
+        raise ConfigError(f"{path}: tune_decoding: expected a mapping with keys among ['grid', 'limit', 'rule']")
+    from explainrec.methods.decoding_search import GRIDS, JOINT_RULES, RULES
+
+    if tune.get("rule", "rougeL+bertscore") not in (*RULES, *JOINT_RULES):
+        raise ConfigError(f"{path}: tune_decoding.rule: expected one of {', '.join((*RULES, *JOINT_RULES))}")
+    if tune.get("grid", "default") not in GRIDS:
+        raise ConfigError(f"{path}: tune_decoding.grid: expected one of {', '.join(GRIDS)}")
     alignment = cfg.get("alignment") or {}
     allowed = {"limit", "explanations", "zero_shot", "catalogue_max", "max_new_tokens"}
     if not isinstance(alignment, dict) or set(alignment) - allowed:
@@ -173,13 +181,20 @@ def plan(cfg: dict) -> list[PlannedRun]:
                                    generation=dict(cfg.get("generation") or {}), split=cfg.get("split", "test"),
                                    limit=cfg.get("limit"), precision=cfg.get("precision", "auto"),
                                    alignment=dict(cfg.get("alignment") or {}),
-                                   tune_decoding=dict(cfg.get("tune_decoding") or {}))
+                                   tune_decoding=_tune_decoding(cfg, run_name))
                 except ConfigError as exc:
                     raise ConfigError(f"{path}: runs.{run_name}: {exc}") from None
                 spec.config(f"{path}: runs.{run_name}.options")  # every run's settings checked before any run starts
                 planned.append(PlannedRun(ds_name, run_name, int(seed), spec,
                                           out / ds_name / run_name / f"seed{seed}"))
     return planned
+
+
+def _tune_decoding(cfg: dict, run_name: str) -> dict:
+    """The decoding search of a run: the config's ``tune_decoding``, for the runs of the ``decoding`` experiment
+    when it lists them (else every run)."""
+    chosen = (cfg.get("experiments") or {}).get("decoding")
+    return dict(cfg.get("tune_decoding") or {}) if chosen is None or run_name in chosen else {}
 
 
 def describe(planned: list[PlannedRun]) -> str:

@@ -325,7 +325,8 @@ def _tuned(spec: RunSpec, dataset, run_dir: Path, bertscore: bool, echo) -> dict
     if not (run_dir / "decoding.json").exists():
         explainer = load_run(run_dir, precision=spec.precision)
         record = choose_decoding(explainer, dataset, spec.generation_config(), limit=options.get("limit", 100),
-                                 rule=options.get("rule", "rougeL+bertscore"), bertscore=bertscore, echo=echo)
+                                 rule=options.get("rule", "rougeL+bertscore"), grid=options.get("grid", "default"),
+                                 bertscore=bertscore, echo=echo)
         atomic_write_json(run_dir / "decoding.json", record)
     record = json.loads((run_dir / "decoding.json").read_text())
     preds = run_dir / "predictions_tuned.jsonl"
