@@ -183,6 +183,8 @@ def test_a_new_decoding_search_keeps_the_test_texts(finished, tmp_path):
                     tune_decoding={"limit": 4})
     assert tuned.trains_like(saved) and "predictions.jsonl" not in tuned.outdated_outputs(saved)
     assert {"decoding.json", "predictions_tuned.jsonl", "metrics_tuned.json"} <= set(tuned.outdated_outputs(saved))
+    probed = RunSpec(data="synthetic", method="zero-shot", generation={"max_new_tokens": 6}, sensitivity={"n": 8})
+    assert probed.outdated_outputs(saved) == ["sensitivity.json", "sensitivity.md"]
     longer = RunSpec(data="synthetic", method="zero-shot", generation={"max_new_tokens": 8})
     assert {"predictions.jsonl", "metrics.json", "decoding.json"} <= set(longer.outdated_outputs(saved))
     assert not RunSpec(data="synthetic", method="zero-shot", seed=1).trains_like(saved)
@@ -377,3 +379,19 @@ def test_report_shows_pair_retrieval_beside_overlap_and_a_dash_for_runs_evaluate
     assert "| zero-shot | 30 | 10.00 | 50.00 | – | – |" in report
     assert "| gavamoe | 30 | **20.00** | **60.00** | 4.00 | 12.50 |" in report
     assert "chance levels (a random ranking): N = 30: Ret-R@1 3.33, Ret-MRR 13.32." in report
+
+
+def test_user_sensitivity_runs_in_the_bench_and_sits_beside_the_text_metrics(tmp_path, write_config):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot", "base"],
+                          sensitivity={"n": 3, "precision": "fp32"})
+    result = harness.run_bench(config, **QUIET)
+    assert {o.status for o in result.outcomes} == {"done"}, [o.error for o in result.outcomes]
+    for run in ("zero-shot", "base"):
+        folder = tmp_path / "out" / "synthetic" / run / "seed0"
+        record = json.loads((folder / "sensitivity.json").read_text())
+        done = json.loads((folder / "done.json").read_text())
+        assert record["n"] == 3 and (folder / "sensitivity.md").exists()
+        assert done["metrics"]["user_change"] == record["means"]["change"]
+        assert done["metrics"]["user_toward"] == record["means"]["toward_profile"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "User-Δ↑" in report and "User→↑" in report and "A template scores 0 on both" in report

@@ -29,7 +29,9 @@ evaluated against it (experiment kind ``alignment``: the paper's Table 1 and the
 method may be a run's ``method`` (``explainrec methods``), stage-only ones too (e.g. ``vae-gmm``: GaVaMoE's stage 1
 alone, for cluster sweeps); its ``options`` are that method's settings. ``tune_decoding`` (``limit``, ``rule``,
 ``grid``) chooses each run's decoding on the valid split and applies it once to the split (experiment kind
-``decoding``; when that experiment lists runs, only those search).
+``decoding``; when that experiment lists runs, only those search). ``sensitivity`` (``n``, ``seed``, ``precision``:
+fp32 by default) explains ``n`` test items again for other users (:mod:`explainrec.methods.sensitivity`); its
+change and move toward the other user sit beside the text metrics.
 
 A relative ``out`` or dataset folder is taken from the directory the command runs in, so the shipped configs
 work from the repository root.
@@ -45,7 +47,8 @@ from explainrec.config import ConfigError
 from explainrec.config import merge_dicts
 
 TOP_KEYS = {"name", "description", "out", "datasets", "seeds", "split", "limit", "bertscore", "generation", "defaults",
-            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment", "tune_decoding"}
+            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment", "tune_decoding",
+            "sensitivity"}
 EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment", "decoding", "curves")
 
 
@@ -122,6 +125,9 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: tune_decoding.rule: expected one of {', '.join((*RULES, *JOINT_RULES))}")
     if tune.get("grid", "default") not in GRIDS:
         raise ConfigError(f"{path}: tune_decoding.grid: expected one of {', '.join(GRIDS)}")
+    sensitivity = cfg.get("sensitivity") or {}
+    if not isinstance(sensitivity, dict) or set(sensitivity) - {"n", "seed", "precision"}:
+        raise ConfigError(f"{path}: sensitivity: expected a mapping with keys among ['n', 'precision', 'seed']")
     alignment = cfg.get("alignment") or {}
     allowed = {"limit", "explanations", "zero_shot", "catalogue_max", "max_new_tokens"}
     if not isinstance(alignment, dict) or set(alignment) - allowed:
@@ -181,7 +187,8 @@ def plan(cfg: dict) -> list[PlannedRun]:
                                    generation=dict(cfg.get("generation") or {}), split=cfg.get("split", "test"),
                                    limit=cfg.get("limit"), precision=cfg.get("precision", "auto"),
                                    alignment=dict(cfg.get("alignment") or {}),
-                                   tune_decoding=_tune_decoding(cfg, run_name))
+                                   tune_decoding=_tune_decoding(cfg, run_name),
+                                   sensitivity=dict(cfg.get("sensitivity") or {}))
                 except ConfigError as exc:
                     raise ConfigError(f"{path}: runs.{run_name}: {exc}") from None
                 spec.config(f"{path}: runs.{run_name}.options")  # every run's settings checked before any run starts

@@ -26,7 +26,9 @@ from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_in
 from explainrec.io import atomic_write_text
 from explainrec.metrics.report import METRICS
 
-SPECIFICITY = ("ret_r1", "ret_mrr")  # pair retrieval (metrics.specificity): read beside the overlap metrics
+# pair retrieval (metrics.specificity) and user sensitivity (methods.sensitivity): read beside the overlap metrics
+RETRIEVAL = ("ret_r1", "ret_mrr")
+SPECIFICITY = (*RETRIEVAL, "user_change", "user_toward")
 TABLE2 = ("bleu1", "bleu4", "rouge1", "rougeL", "distinct1", "distinct2", "bertscore_p", "bertscore_r",
           "bertscore_f1", *SPECIFICITY, "usr")
 FIGURE_METRICS = ("bleu4", "rougeL", "bertscore_f1", "distinct2", "usr")  # one panel each in the bar charts
@@ -154,9 +156,15 @@ def _metric_table(groups: list[tuple[str, list[RunResult]]], bucket: str | None 
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {run}{_missing_note(rs)} | {n} | " + " | ".join(cells) + " |")
-    chance = (_chance_note([r for _, rs in groups for r in rs])
-              if bucket is None and any(m in SPECIFICITY for m in names) else None)
-    return lines + ([""] + [chance] if chance else []) + [""]
+    notes = [_chance_note([r for _, rs in groups for r in rs]) if any(m in RETRIEVAL for m in names) else None,
+             SENSITIVITY_NOTE if any(m in SPECIFICITY and m not in RETRIEVAL for m in names) else None]
+    notes = [n for n in notes if n] if bucket is None else []
+    return lines + [x for n in notes for x in ("", n)] + [""]
+
+
+SENSITIVITY_NOTE = ("User-Δ and User→: user sensitivity (`explainrec sensitivity`): each sampled test item explained "
+                    "again for another user; User-Δ is how much the text changes (100 x (1 - ROUGE-L F1)), User→ how "
+                    "far it moves toward that user's profile (MiniLM cosine x100). A template scores 0 on both.")
 
 
 def _chance_note(results: list[RunResult]) -> str | None:
@@ -167,11 +175,11 @@ def _chance_note(results: list[RunResult]) -> str | None:
             continue
         m = _read_json(r.planned.run_dir / "metrics.json") or {}
         spec, chance = (m.get("config") or {}).get("specificity"), m.get("chance") or {}
-        if isinstance(spec, dict) and all(k in chance for k in SPECIFICITY):
+        if isinstance(spec, dict) and all(k in chance for k in RETRIEVAL):
             found[spec.get("candidates")] = chance
     if not found:
         return None
-    parts = [f"N = {n}: " + ", ".join(f"{METRICS[k][0]} {c[k]:.2f}" for k in SPECIFICITY)
+    parts = [f"N = {n}: " + ", ".join(f"{METRICS[k][0]} {c[k]:.2f}" for k in RETRIEVAL)
              for n, c in sorted(found.items(), key=lambda x: (x[0] is None, x[0] or 0))]
     return ("Pair retrieval ranks each pair's own reference among the N distinct references of the pairs its run "
             "explained (MiniLM cosine to the prediction); chance levels (a random ranking): " + "; ".join(parts) + ".")

@@ -39,7 +39,8 @@ class RunSpec:
     limit: int | None = None  # explain only the first N pairs of the split
     precision: str = "auto"  # generation weights: auto (int8 on CPU) | fp32 | int8
     alignment: dict = field(default_factory=dict)  # alignment_report options (methods with has_alignment)
-    tune_decoding: dict = field(default_factory=dict)  # {limit, rule}: also explain with settings chosen on valid
+    tune_decoding: dict = field(default_factory=dict)  # {limit, rule, grid}: also explain with settings chosen on valid
+    sensitivity: dict = field(default_factory=dict)  # {n, seed, precision}: user sensitivity (methods.sensitivity)
 
     def __post_init__(self) -> None:
         from explainrec.llm.decoding import GenerationConfig
@@ -104,11 +105,14 @@ class RunSpec:
 TRAINING_FIELDS = ("data", "method", "seed", "options")
 _TUNED = ("decoding.json", "predictions_tuned.jsonl", "metrics_tuned.json", "metrics_tuned.md")
 _ALIGNMENT = ("alignment.json", "alignment.md")
+_SENSITIVITY = ("sensitivity.json", "sensitivity.md")
 _SCORES = ("metrics.json", "metrics.md", "metrics_tuned.json", "metrics_tuned.md")
-_EXPLAINED = ("predictions.jsonl", "generation.json", *_SCORES, *_TUNED, *_ALIGNMENT)
+_EXPLAINED = ("predictions.jsonl", "generation.json", *_SCORES, *_TUNED, *_ALIGNMENT, *_SENSITIVITY)
 # The files each post-training setting decides (done.json goes with any of them).
 OUTPUTS_OF = {"generation": _EXPLAINED, "split": _EXPLAINED, "limit": _EXPLAINED, "precision": _EXPLAINED,
-              "tune_decoding": _TUNED, "alignment": _ALIGNMENT}
+              "tune_decoding": _TUNED, "alignment": _ALIGNMENT, "sensitivity": _SENSITIVITY}
+# The user-sensitivity figures a done.json carries beside the text metrics (the report's columns).
+SENSITIVITY_METRICS = {"user_change": "change", "user_toward": "toward_profile"}
 ALL_OUTPUTS = tuple(dict.fromkeys((*_EXPLAINED, "done.json")))
 # The version of what run_one computes from a run's texts (metrics and evaluations): bump it when the evaluation
 # gains or changes a figure, and the bench scores finished runs again from the texts they already wrote.
@@ -286,6 +290,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     result = evaluate(load_predictions(run_dir / "predictions.jsonl"), bertscore=bertscore)
     save_report(result, run_dir / "metrics.json", title=f"{spec.method} on {spec.data} ({spec.split})")
     tuned = _tuned(spec, dataset, run_dir, bertscore, echo) if spec.tune_decoding else None
+    sensitivity = _sensitivity(spec, dataset, run_dir, echo) if spec.sensitivity else None
     method = spec.method_entry()
     if method.has_alignment and not (run_dir / "alignment.json").exists():
         from explainrec.io import atomic_write_text
@@ -295,7 +300,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         atomic_write_text(run_dir / "alignment.md", markdown)
     done = {
         "evaluation": EVALUATION_VERSION,
-        "metrics": result["metrics"],
+        "metrics": {**result["metrics"], **(sensitivity or {})},
         "std": result.get("std", {}),
         "buckets": result.get("buckets", {}),
         "n": result["n"],
@@ -308,6 +313,31 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     }
     atomic_write_json(done_path, done)
     return done
+
+
+def _sensitivity(spec: RunSpec, dataset, run_dir: Path, echo) -> dict:
+    """User sensitivity (``RUN/sensitivity.json``/``.md``): the same items explained for other users; returns the
+    figures done.json carries (:data:`SENSITIVITY_METRICS`). The run's own texts stand for the originals when the
+    precision matches (the control then checks them); float32 by default, where greedy text does not depend on
+    the batch it is generated in."""
+    from explainrec.io import atomic_write_text
+    from explainrec.methods.model_folder import load_run
+    from explainrec.methods.sensitivity import to_markdown, user_sensitivity
+    from explainrec.metrics.predictions import load_predictions
+
+    path = run_dir / "sensitivity.json"
+    if not path.exists():
+        options = dict(spec.sensitivity)
+        precision = options.pop("precision", "fp32")
+        rows = load_predictions(run_dir / "predictions.jsonl") if precision == spec.precision else None
+        result = user_sensitivity(load_run(run_dir, precision=precision), dataset, split=spec.split,
+                                  generation=spec.generation_config(), original_rows=rows, **options)
+        atomic_write_text(run_dir / "sensitivity.md", to_markdown(result, title=f"{spec.method}: user sensitivity"))
+        atomic_write_json(path, result)
+        echo(f"[bench] {run_dir}: user sensitivity change {result['means']['change']:.2f}, toward the other user's "
+             f"profile {result['means']['toward_profile'] or float('nan'):+.2f}")
+    means = json.loads(path.read_text())["means"]
+    return {key: means[name] for key, name in SENSITIVITY_METRICS.items() if means.get(name) is not None}
 
 
 def _tuned(spec: RunSpec, dataset, run_dir: Path, bertscore: bool, echo) -> dict:

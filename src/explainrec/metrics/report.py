@@ -40,6 +40,10 @@ METRICS: dict[str, tuple[str, bool | None, str]] = {
                 "file's distinct references; chance 100*min(10, N)/N"),
     "ret_mrr": ("Ret-MRR", True, "pair retrieval: mean reciprocal rank of the own reference, x100 (a percentage like "
                 "the other scores, not a fraction in [0, 1]); chance 100*H_N/N"),
+    "user_change": ("User-Δ", True, "user sensitivity: 100 * (1 - ROUGE-L F1) between an item's explanation for its "
+                    "user and for another user (explainrec sensitivity; a template scores 0)"),
+    "user_toward": ("User→", True, "user sensitivity: how much the text moves toward the other user's profile "
+                    "(MiniLM cosine, swapped minus original, x100; a template scores 0)"),
     "fmr": ("FMR", True, "feature matching ratio, fraction (PETER)"),
     "fcr": ("FCR", True, "feature coverage ratio, fraction (PETER)"),
     "div": ("DIV", False, "feature diversity: mean feature overlap of two predictions (PETER); lower is better"),
