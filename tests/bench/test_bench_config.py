@@ -159,7 +159,8 @@ def test_learning_curves_average_the_seeds_at_each_point(tmp_path):
     for p in planned:
         p.run_dir.mkdir(parents=True)
         (p.run_dir / "run.json").write_text(json.dumps(p.spec.to_dict()))
-        (p.run_dir / "done.json").write_text(json.dumps({"metrics": {"bleu4": 1.0}, "n": 9}))
+        curve = [{"step": s, "pairs": 4 * s, "rougeL": r + p.seed, "ret_mrr": 10.0 * s} for s, r in ((10, 20.0), (20, 30.0))]
+        (p.run_dir / "done.json").write_text(json.dumps({"metrics": {"bleu4": 1.0}, "n": 9, "curve": curve}))
         log = [{"step": 1, "loss": 9.0}] + [{"kind": "valid", "step": s, "pairs": 4 * s, "valid_nll": v}
                                              for s, v in zip((10, 20), nll[p.seed])]
         (p.run_dir / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
@@ -167,4 +168,8 @@ def test_learning_curves_average_the_seeds_at_each_point(tmp_path):
     datasets = list(cfg["datasets"])
     assert "| run | seeds | 40 pairs | 80 pairs |" in report
     assert "| gavamoe | 2 | 4.000 ± 1.414 | 3.000 ± 1.414 |" in report
+    # the curve texts' overlap and specificity beside the NLL, from done.json's curve
+    rouge = report.index("ROUGE-L (valid texts):")
+    assert "| gavamoe | 2 | 20.50 ± 0.71 | 30.50 ± 0.71 |" in report[rouge:]
+    assert "| gavamoe | 2 | 100.00 | 200.00 |" in report[report.index("Ret-MRR (valid texts):"):]
     assert (tmp_path / "out" / "figures" / f"curves-{datasets[0]}.png").is_file()

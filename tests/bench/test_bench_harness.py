@@ -395,3 +395,19 @@ def test_user_sensitivity_runs_in_the_bench_and_sits_beside_the_text_metrics(tmp
         assert done["metrics"]["user_toward"] == record["means"]["toward_profile"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "User-Δ↑" in report and "User→↑" in report and "A template scores 0 on both" in report
+
+
+def test_curve_texts_are_scored_with_the_run(tmp_path, write_config):
+    """Runs trained with curve_pairs: each curve point's valid texts scored for overlap and specificity, ranked
+    among all references of the valid split, in done.json's curve."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["gavamoe"], experiments={"curves": ["gavamoe"]})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["defaults"]["gavamoe"].update(valid_every=1, curve_pairs=3, curve_max_new_tokens=5)
+    config.write_text(yaml.safe_dump(cfg))
+    result = harness.run_bench(config, **QUIET)
+    assert {o.status for o in result.outcomes} == {"done"}, [o.error for o in result.outcomes]
+    done = json.loads((tmp_path / "out" / "synthetic" / "gavamoe" / "seed0" / "done.json").read_text())
+    assert [c["step"] for c in done["curve"]] == [1, 2] and [c["pairs"] for c in done["curve"]] == [4, 8]
+    assert all({"rougeL", "ret_mrr", "distinct2"} <= set(c) for c in done["curve"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "ROUGE-L (valid texts):" in report and "Ret-MRR (valid texts):" in report

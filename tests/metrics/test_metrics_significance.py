@@ -182,3 +182,51 @@ def test_compare_seeds_loads_the_sentence_encoder_once(tmp_path, monkeypatch):
     result = compare_seeds(seed_files(a), seed_files(b), bertscore=False, n_resamples=200)
     assert len(loaded) == 1 and "ret_mrr" in result["over_seeds"]
     assert result["per_seed"]["seed1"]["metrics"]["ret_mrr"]["diff"] == 0.0  # same predictions: no gap
+
+
+def _sensitivity_file(path, swaps):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"user": u, "other_user": o, "item": i, "change": c, "toward_profile": t} for u, o, i, c, t in swaps]
+    path.write_text(json.dumps({"kind": "user_sensitivity", "swaps": rows}))
+    return path
+
+
+def test_user_sensitivity_is_compared_swap_by_swap_when_the_triples_match(tmp_path):
+    from explainrec.metrics.significance import compare_sensitivity
+
+    triples = [("u1", "u2", "i1"), ("u2", "u3", "i2"), ("u3", "u1", "i3"), ("u4", "u1", "i4")]
+    a = _sensitivity_file(tmp_path / "a.json", [(*t, 0.0, 0.0) for t in triples])  # a template: 0 everywhere
+    b = _sensitivity_file(tmp_path / "b.json", [(*t, 40.0 + k, 5.0 + k) for k, t in enumerate(triples)])
+    out = compare_sensitivity(a, b, n_resamples=200)
+    assert out["user_change"]["paired"] and out["user_change"]["diff"] == pytest.approx(41.5)
+    assert out["user_toward"]["mean_a"] == 0.0 and out["user_toward"]["diff"] == pytest.approx(6.5)
+    other = _sensitivity_file(tmp_path / "c.json", [("u1", "u9", "i1", 41.0, 6.0), ("u2", "u8", "i2", 43.0, 8.0),
+                                                    ("u3", "u7", "i3", 42.0, 7.0)])
+    unpaired = compare_sensitivity(a, other, n_resamples=200)
+    assert not unpaired["user_change"]["paired"] and unpaired["user_change"]["diff"] == pytest.approx(42.0)
+    assert unpaired["user_change"]["ci_low"] <= 42.0 <= unpaired["user_change"]["ci_high"]
+    assert compare_sensitivity(a, tmp_path / "missing.json") == {}
+
+
+def test_compare_seeds_adds_user_sensitivity_where_both_runs_have_it(tmp_path):
+    from explainrec.metrics.significance import compare_seeds
+
+    rows = [{"user": f"u{k}", "item": f"i{k}", "prediction": p, "reference": r} for k, (p, r) in
+            enumerate([("good food", "great food"), ("nice books", "fine books"), ("a jacket", "the jacket")])]
+    files = {}
+    for side, change in (("a", 0.0), ("b", 30.0)):
+        for seed in ("seed0", "seed1"):
+            folder = tmp_path / side / seed
+            _sensitivity_file(folder / "sensitivity.json",
+                              [("u1", "u2", "i1", change, 1.0), ("u2", "u1", "i2", change + 2, 2.0)])
+            (folder / "predictions.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
+            files.setdefault(side, {})[seed] = folder / "predictions.jsonl"
+    result = compare_seeds(files["a"], files["b"], bertscore=False, specificity=False, n_resamples=200)
+    assert result["over_seeds"]["user_change"]["diff"] == pytest.approx(30.0)
+    assert result["over_seeds"]["user_toward"]["diff"] == pytest.approx(0.0)
+    from explainrec.metrics.significance import seeds_to_markdown
+
+    table = seeds_to_markdown(result)
+    assert "user_change" in table and "**+30.00**" in table

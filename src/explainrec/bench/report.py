@@ -489,58 +489,79 @@ def section_decoding(cfg, results, runs, out) -> list[str]:
     return lines
 
 
-def _valid_curve(r: RunResult) -> list[tuple[int, float]]:
-    """``(pairs seen, valid NLL)`` points of a run's training log (the validations ``valid_every`` asked for)."""
+def _valid_curve(r: RunResult, metric: str = "valid_nll") -> list[tuple[int, float]]:
+    """``(pairs seen, value)`` points of a run: the validation NLL of its training log, or a text metric of its
+    curve texts (done.json's ``curve``: the valid pairs explained at each validation, see ``curve_pairs``)."""
+    if r.state != "done":
+        return []
+    if metric != "valid_nll":
+        return [(int(c["pairs"]), float(c[metric])) for c in (r.done or {}).get("curve") or []
+                if c.get("pairs") is not None and c.get(metric) is not None]
     log = r.planned.run_dir / "train_log.jsonl"
-    if r.state != "done" or not log.is_file():
+    if not log.is_file():
         return []
     rows = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if x.strip()]
     return [(int(v["pairs"]), float(v["valid_nll"])) for v in rows
             if v.get("kind") == "valid" and "pairs" in v and "valid_nll" in v]
 
 
+# what a learning curve shows: the validation NLL, then overlap and specificity of the curve texts
+CURVE_PANELS = (("valid_nll", "validation NLL"), ("rougeL", "ROUGE-L (valid texts)"),
+                ("ret_mrr", "Ret-MRR (valid texts)"), ("distinct2", "Distinct-2 (valid texts)"))
+
+
 def section_curves(cfg, results, runs, out) -> list[str]:
-    """Learning curves: validation NLL against training pairs seen, mean over seeds (a band of +-1 std)."""
+    """Learning curves, mean over seeds (a band of +-1 std): validation NLL, and where runs wrote curve texts, their
+    overlap and specificity (does the text turn into a template as ROUGE-L rises?)."""
     lines = ["## Learning curves", "",
-             "Validation NLL of the explanations (the first `max_valid_pairs` valid pairs) against the training pairs "
-             "seen, mean over the seeds with a band of one standard deviation.", ""]
+             "Against the training pairs seen, mean over the seeds with a band of one standard deviation: the "
+             "validation NLL of the explanations (the first `max_valid_pairs` valid pairs) and, for runs trained with "
+             "`curve_pairs`, the greedy explanations of the first valid pairs written at each validation, scored like "
+             "a test split (Ret-MRR ranks each text's reference among all references of the valid split).", ""]
     plt = None
     for ds in _datasets(cfg, results):
-        curves = []
-        for run, rs in _groups(results, ds, runs):
-            per_seed = [c for r in rs if (c := _valid_curve(r))]
-            if not per_seed:
-                continue
-            common = sorted(set.intersection(*(set(p for p, _ in c) for c in per_seed)))
-            points = [(p, *seed_stats([dict(c)[p] for c in per_seed])) for p in common]
-            curves.append((run, len(per_seed), points))
-        if not curves:
+        panels = []  # (metric, label, [(run, seeds, [(pairs, mean, std)])])
+        for metric, label in CURVE_PANELS:
+            curves = []
+            for run, rs in _groups(results, ds, runs):
+                per_seed = [c for r in rs if (c := _valid_curve(r, metric))]
+                if not per_seed:
+                    continue
+                common = sorted(set.intersection(*(set(p for p, _ in c) for c in per_seed)))
+                curves.append((run, len(per_seed), [(p, *seed_stats([dict(c)[p] for c in per_seed])) for p in common]))
+            if curves:
+                panels.append((metric, label, curves))
+        if not panels:
             continue
         plt = plt or _plt()
-        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-        for run, n, points in curves:
-            xs, means, stds = zip(*points)
-            lo = [m - (s or 0.0) for m, s in zip(means, stds)]
-            hi = [m + (s or 0.0) for m, s in zip(means, stds)]
-            ax.plot(xs, means, marker="o", label=f"{run} ({n} seed{'s' if n > 1 else ''})")
-            ax.fill_between(xs, lo, hi, alpha=0.2)
-        ax.set_xlabel("training pairs seen")
-        ax.set_ylabel("validation NLL")
-        ax.set_title(f"{ds}: learning curves", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=110, squeeze=False)
+        for ax, (metric, label, curves) in zip(axes[0], panels):
+            for run, n, points in curves:
+                xs, means, stds = zip(*points)
+                ax.plot(xs, means, marker="o", label=f"{run} ({n} seed{'s' if n > 1 else ''})")
+                ax.fill_between(xs, [m - (s or 0.0) for m, s in zip(means, stds)],
+                                [m + (s or 0.0) for m, s in zip(means, stds)], alpha=0.2)
+            ax.set_xlabel("training pairs seen")
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{ds}: learning curves", fontsize=10)
         fig.tight_layout()
         path = out / "figures" / f"curves-{ds}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
         plt.close(fig)
-        columns = sorted({p for _, _, points in curves for p, _, _ in points})
-        lines += [f"### {ds}", "", "| run | seeds | " + " | ".join(f"{p:,} pairs" for p in columns) + " |",
-                  "|---|---:|" + "---:|" * len(columns)]
-        for run, n, points in curves:
-            cells = {p: f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") for p, m, sd in points}
-            lines.append(f"| {run} | {n} | " + " | ".join(cells.get(p, "") for p in columns) + " |")
-        lines += ["", f"![learning curves, {ds}](figures/{path.name})", ""]
+        lines += [f"### {ds}", ""]
+        for metric, label, curves in panels:
+            columns = sorted({p for _, _, points in curves for p, _, _ in points})
+            digits = 3 if metric == "valid_nll" else 2
+            lines += [f"{label}:", "", "| run | seeds | " + " | ".join(f"{p:,} pairs" for p in columns) + " |",
+                      "|---|---:|" + "---:|" * len(columns)]
+            for run, n, points in curves:
+                cells = {p: f"{m:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd else "") for p, m, sd in points}
+                lines.append(f"| {run} | {n} | " + " | ".join(cells.get(p, "") for p in columns) + " |")
+            lines.append("")
+        lines += [f"![learning curves, {ds}](figures/{path.name})", ""]
     return lines
 
 

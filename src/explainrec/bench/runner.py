@@ -290,6 +290,7 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
     result = evaluate(load_predictions(run_dir / "predictions.jsonl"), bertscore=bertscore)
     save_report(result, run_dir / "metrics.json", title=f"{spec.method} on {spec.data} ({spec.split})")
     tuned = _tuned(spec, dataset, run_dir, bertscore, echo) if spec.tune_decoding else None
+    curve = _curve_scores(run_dir, dataset, bertscore)
     sensitivity = _sensitivity(spec, dataset, run_dir, echo) if spec.sensitivity else None
     method = spec.method_entry()
     if method.has_alignment and not (run_dir / "alignment.json").exists():
@@ -310,9 +311,42 @@ def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool
         "seconds_this_call": {"train": round(t1 - t0, 1), "explain": round(t2 - t1, 1),
                               "evaluate": round(time.perf_counter() - t2, 1)},
         **({"tuned": tuned} if tuned else {}),
+        **({"curve": curve} if curve else {}),
     }
     atomic_write_json(done_path, done)
     return done
+
+
+CURVE_METRICS = ("rougeL", "bertscore_f1", "ret_r1", "ret_mrr", "distinct2", "usr")
+
+
+def _curve_scores(run_dir: Path, dataset, bertscore: bool) -> list[dict]:
+    """The learning-curve texts (``RUN/curve/stepN.jsonl``, see ``curve_pairs``) scored like a test split: overlap
+    and specificity against training pairs seen, one row per step. Retrieval ranks each text's own reference among
+    all references of the valid split, so a curve point's chance level does not depend on how many pairs it has."""
+    from explainrec.methods.llm_method import CURVE_FOLDER
+    from explainrec.metrics import evaluate
+    from explainrec.metrics.embedding import SentenceEncoder
+    from explainrec.metrics.predictions import load_predictions
+
+    files = sorted((run_dir / CURVE_FOLDER).glob("step*.jsonl"))
+    if not files:
+        return []
+    log = run_dir / "train_log.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
+    pairs = {int(r["step"]): int(r["pairs"]) for r in rows if r.get("kind") == "valid" and "pairs" in r}
+    kw = {"specificity_kwargs": {"encoder": SentenceEncoder(),
+                                 "candidates": [e.explanation for e in dataset.split_examples("valid")]}}
+    if bertscore:
+        from explainrec.metrics.semantic import BertScoreModel
+
+        kw["bertscore_kwargs"] = {"scorer": BertScoreModel()}
+    out = []
+    for f in files:
+        step = int(f.stem.removeprefix("step"))
+        metrics = evaluate(load_predictions(f), bertscore=bertscore, buckets=False, **kw)["metrics"]
+        out.append({"step": step, "pairs": pairs.get(step), **{k: metrics[k] for k in CURVE_METRICS if k in metrics}})
+    return out
 
 
 def _sensitivity(spec: RunSpec, dataset, run_dir: Path, echo) -> dict:

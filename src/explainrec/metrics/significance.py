@@ -182,10 +182,54 @@ def compare_seeds(files_a: Mapping[str, str | Path], files_b: Mapping[str, str |
         kw["encoder"] = (spec_kw or {}).get("encoder")
     per_seed = {s: compare(load_predictions(files_a[s]), load_predictions(files_b[s]), names=names, **kw)
                 for s in seeds}
-    metrics = [m for m in PAIRED_METRICS if all(m in r["metrics"] for r in per_seed.values())]
+    for s in seeds:  # user sensitivity, where both runs of the seed have it beside their predictions
+        per_seed[s]["metrics"].update(compare_sensitivity(Path(files_a[s]).parent / "sensitivity.json",
+                                                          Path(files_b[s]).parent / "sensitivity.json",
+                                                          n_resamples=kw.get("n_resamples", 10_000),
+                                                          seed=kw.get("seed", 0)))
+    metrics = [m for m in (*PAIRED_METRICS, *SENSITIVITY_FIGURES) if all(m in r["metrics"] for r in per_seed.values())]
     return {"names": list(names), "seeds": seeds, "per_seed": per_seed,
             "over_seeds": {m: over_seeds([per_seed[s]["metrics"][m]["diff"] for s in seeds]) for m in metrics},
             "missing": [sorted(set(files_a) - set(seeds)), sorted(set(files_b) - set(seeds))]}
+
+
+# user sensitivity (explainrec.methods.sensitivity): result key -> the per-swap figure it averages
+SENSITIVITY_FIGURES = {"user_change": "change", "user_toward": "toward_profile"}
+
+
+def compare_sensitivity(path_a: Path, path_b: Path, *, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """B minus A on the user-sensitivity figures of two ``sensitivity.json`` files ({} when either is missing).
+
+    Paired swap by swap when both probed the same (user, other user, item) triples; otherwise (a method with
+    clusters picks its other users across clusters) the two sets of swaps are independent samples: a bootstrap of
+    the difference of means and a permutation test of independent samples.
+    """
+    import json
+
+    from scipy import stats
+
+    if not (path_a.is_file() and path_b.is_file()):
+        return {}
+    swaps = [json.loads(p.read_text())["swaps"] for p in (path_a, path_b)]
+    keys = [[(str(w["user"]), str(w["other_user"]), str(w["item"])) for w in side] for side in swaps]
+    out = {}
+    for name, figure in SENSITIVITY_FIGURES.items():
+        if keys[0] == keys[1]:
+            pairs = [(x[figure], y[figure]) for x, y in zip(*swaps) if x[figure] is not None and y[figure] is not None]
+            if len(pairs) >= 2:
+                out[name] = {**paired_bootstrap(*zip(*pairs), n_resamples=n_resamples, seed=seed), "paired": True}
+            continue
+        a, b = ([w[figure] for w in side if w[figure] is not None] for side in swaps)
+        if len(a) < 2 or len(b) < 2:
+            continue
+        rng = np.random.default_rng(seed)
+        diff = lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis)  # noqa: E731
+        boot = stats.bootstrap((a, b), diff, n_resamples=n_resamples, method="percentile", rng=rng)
+        perm = stats.permutation_test((a, b), diff, n_resamples=n_resamples, alternative="two-sided", rng=rng)
+        out[name] = {"mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)), "diff": float(np.mean(b) - np.mean(a)),
+                     "ci_low": float(boot.confidence_interval.low), "ci_high": float(boot.confidence_interval.high),
+                     "p_value": float(perm.pvalue), "n": min(len(a), len(b)), "paired": False}
+    return out
 
 
 def seeds_to_markdown(result: dict) -> str:
