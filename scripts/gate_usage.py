@@ -23,7 +23,6 @@ def usage_counts(explainer, dataset, split: str, limit: int | None, batch_size: 
     from explainrec.data.collate import encode_examples, make_collate
     from explainrec.llm.surgery import decoder_layers
     from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
-    from explainrec.methods.gavamoe.prompting import gavamoe_prompt
     from explainrec.methods.gavamoe.routing import routing
     from explainrec.methods.llm_method import pair_ids
 
@@ -33,7 +32,7 @@ def usage_counts(explainer, dataset, split: str, limit: int | None, batch_size: 
         raise SystemExit("this run has no MoE layers (a Base run?)")
     n_gates, n_experts = layers[0].router.weight.shape[0], layers[0].n_experts
     examples = dataset.split_examples(split)[:limit]
-    rows = encode_examples(examples, tok, gavamoe_prompt)
+    rows = encode_examples(examples, tok, explainer.prompt)  # the run's own prompt (with or without profiles)
     user, item = pair_ids(model, examples, explainer.known_users, explainer.known_items)
     with torch.no_grad():
         clusters = model.clusters(user, item)
