@@ -47,6 +47,34 @@ def test_identical_scores_give_a_zero_gap():
         paired_bootstrap([1.0, 2.0], [1.0])
 
 
+@pytest.mark.parametrize("a, b, p", [
+    # a gap of 1 on both of 2 pairs: of the 4 sign flips, (+,+) and (-,-) reach |mean| 1 -> 2/4 (never 0)
+    ([0.0, 0.0], [1.0, 1.0], 0.5),
+    ([0.0] * 5, [2.5] * 5, 2 / 32),  # any constant gap on n pairs: 2 / 2**n exactly
+    ([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], 0.25),  # sums of +-1+-2+-3: only +6 and -6 reach |6| -> 2/8
+    # +-5 +-1 +-1 +-1 against 6: 5+t with t in {3, 1} (1 + 3 flips) and -5+t with t in {-1, -3} (3 + 1) -> 8/16
+    ([0.0] * 4, [5.0, 1.0, 1.0, -1.0], 0.5),
+    ([0.0, 0.0], [2.0, -1.0], 1.0),  # +-2 +-1 against 1: every flip has |sum| >= 1
+])
+def test_the_sign_flip_p_is_exact_on_worked_examples(a, b, p):
+    """With no more flips than resamples the p is the exact fraction of the 2**n flips at least as extreme: no 0
+    from a shortcut for a constant gap (2 pairs with the same gap have p 0.5, not 0)."""
+    assert paired_bootstrap(a, b, n_resamples=1000)["p_value"] == pytest.approx(p, rel=1e-9)
+
+
+def test_a_monte_carlo_p_counts_the_observed_flip_and_is_never_zero():
+    a, b = np.zeros(40), np.full(40, 3.0) + np.linspace(0, 0.1, 40)  # 2**40 flips: sampled, not enumerated
+    res = paired_bootstrap(a, b, n_resamples=200)
+    assert 0 < res["p_value"] <= 2 / 201 + 1e-12  # two-sided: twice the smaller tail, observed flip counted
+    assert paired_bootstrap(np.zeros(40), np.full(40, 3.0), n_resamples=200)["p_value"] == pytest.approx(2.0 ** -39)
+
+
+def test_over_seeds_with_the_same_gap_on_every_seed_has_no_t_test():
+    """Zero spread makes the t statistic infinite: the p is undefined (None), never the 0 of a shortcut."""
+    same = over_seeds([1.0, 1.0, 1.0])
+    assert same["p_value"] is None and same["sd"] == 0.0 and same["diff"] == 1.0 and same["b_ahead"] == 3
+
+
 def test_align_pairs_by_user_item_whatever_the_order_and_drops_unmatched():
     a = _rows(["x"] * 6)
     b = _rows(["y"] * 6, order=[5, 3, 1, 0])

@@ -32,8 +32,11 @@ def paired_bootstrap(
 ) -> dict[str, float]:
     """Mean of ``b - a`` with its bootstrap confidence interval (percentile) and a two-sided permutation p-value.
 
-    The p-value flips the sign of each pair's difference at random (the null: the two methods are exchangeable on
-    every pair); with few pairs scipy enumerates all flips exactly.
+    The p-value flips the sign of each pair's difference (the null: the two methods are exchangeable on every
+    pair): exactly, over all ``2**n`` flips, when there are no more of them than ``n_resamples`` (scipy enumerates
+    them); otherwise over ``n_resamples`` random flips, counting the observed one, so it is never 0. A gap that is
+    the same on every pair has the exact p ``2 / 2**n`` (only the two flips with all signs equal reach it), and 1
+    when that gap is 0.
     """
     from scipy import stats
 
@@ -44,9 +47,10 @@ def paired_bootstrap(
         raise ValueError(f"need at least 2 paired scores; got {a_arr.size}")
     diff = b_arr - a_arr
     mean = float(diff.mean())
-    if np.allclose(diff, diff[0]):  # no spread: the interval is the point, and a sign flip test is meaningless
+    if np.all(diff == diff[0]):  # no spread: the interval is the point (a bootstrap of one value), the p exact
+        p = 1.0 if diff[0] == 0 else min(1.0, 2.0 ** (1 - diff.size))
         return {"mean_a": float(a_arr.mean()), "mean_b": float(b_arr.mean()), "diff": mean, "ci_low": mean,
-                "ci_high": mean, "p_value": 1.0 if mean == 0 else 0.0, "n": int(diff.size)}
+                "ci_high": mean, "p_value": p, "n": int(diff.size)}
     rng = np.random.default_rng(seed)
     boot = stats.bootstrap((diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
                            method="percentile", rng=rng)
@@ -149,7 +153,8 @@ def seed_files(folder: str | Path) -> dict[str, Path]:
 
 
 def over_seeds(gaps: Sequence[float], confidence: float = 0.95) -> dict[str, float | None]:
-    """Mean of the per-seed gaps, its t interval and the one-sample t-test p (None with fewer than 2 seeds)."""
+    """Mean of the per-seed gaps, its t interval and the one-sample t-test p (None with fewer than 2 seeds, and
+    when the gaps do not vary: the t statistic is then undefined, and no test says the gap is certain)."""
     from scipy import stats
 
     g = np.asarray(gaps, dtype=float)
@@ -158,7 +163,7 @@ def over_seeds(gaps: Sequence[float], confidence: float = 0.95) -> dict[str, flo
     if g.size >= 2:
         sd = float(g.std(ddof=1))
         half = float(stats.t.ppf((1 + confidence) / 2, g.size - 1)) * sd / np.sqrt(g.size)
-        p = float(stats.ttest_1samp(g, 0.0).pvalue) if sd > 0 else (1.0 if g.mean() == 0 else 0.0)
+        p = float(stats.ttest_1samp(g, 0.0).pvalue) if sd > 0 else None
         out.update(sd=sd, ci_low=out["diff"] - half, ci_high=out["diff"] + half, p_value=p)
     return out
 
@@ -247,6 +252,8 @@ def seeds_to_markdown(result: dict) -> str:
     for k in metrics:
         o = result["over_seeds"][k]
         spread = f" [{o['ci_low']:+.2f}, {o['ci_high']:+.2f}], p {o['p_value']:.2g}" if o["p_value"] is not None else ""
+        if o["sd"] == 0:
+            spread = " (the same on every seed: no spread, the t-test is undefined)"
         cells.append(f"**{o['diff']:+.2f}**{spread}; {o['b_ahead']}/{o['seeds']} ahead")
     lines.append("| over seeds | | " + " | ".join(cells) + " |")
     if any(result["missing"]):
