@@ -197,3 +197,24 @@ def test_ordered_option_through_load_dataset():
     assert _digest(ds) == _digest(ref) == _digest(make_synthetic(n_users=50, n_items=40, seed=3, ordered=True))
     assert ds.interactions.timestamp is not None
     assert _digest(ref) != _digest(make_synthetic(n_users=50, n_items=40, seed=4, ordered=True))
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_up_front_with_the_estimate(monkeypatch):
+    """A billion users used to be killed for memory after minutes with no message: it is refused before any
+    generation, naming the estimate and what is available."""
+    import time
+
+    import explainrec.io
+    from explainrec.data import load_dataset
+    from explainrec.data.schema import DataError
+    from explainrec.data.synthetic import BYTES_PER_INTERACTION, memory_estimate
+
+    interactions, need = memory_estimate(1000, 200)
+    assert 1000 * 10 < interactions < 1000 * 20 and need >= interactions * BYTES_PER_INTERACTION
+    monkeypatch.setattr(explainrec.io, "memory_available", lambda: 2 * 10**9)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"users=1000000000, items=200 make about [\d,]+ interactions, about "
+                                        r"[\d,.]+ GB in memory, but 2.0 GB are available"):
+        load_dataset("synthetic:users=1000000000")
+    assert time.perf_counter() - start < 5
+    assert load_dataset("synthetic:users=30,items=25,types=2").n_users == 30  # a size that fits is made

@@ -135,14 +135,11 @@ def _worker(p: PlannedRun, bertscore: bool, stages: dict[str, Path], keep_checkp
 
 
 def memory_available_gb() -> float | None:
-    """MemAvailable from /proc/meminfo in GB (None where there is no such file)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1e6
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    """MemAvailable in GB (None where the system does not say)."""
+    from explainrec.io import memory_available
+
+    free = memory_available()
+    return None if free is None else free / 1e9
 
 
 def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | None = None, dry_run: bool = False,
