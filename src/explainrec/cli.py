@@ -646,6 +646,143 @@ def serve(
     server.run(service, host=host, port=port, access_log=access_log)
 
 
+# ---------------------------------------------------------------------------------------------------- rate
+
+
+rate_app = typer.Typer(help="Human evaluation (GaVaMoE's Table 4): a blind rating page, an LLM judge on the same "
+                       "rubric, and the report (docs/human-evaluation.md).", invoke_without_command=True)
+app.add_typer(rate_app, name="rate")
+
+
+def _predictions_option(values: list[str]) -> dict[str, Path]:
+    """``NAME=FILE`` or ``FILE`` (named after its folder) -> {name: file}."""
+    files: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        path = Path(file if sep else value)
+        name = name.strip() if sep else path.parent.name or path.stem
+        check_input_file(path, option="--predictions")
+        if not name or name in files:
+            raise UsageError(f"--predictions {value}: method name {name!r} is empty or given twice; name each file "
+                             "as NAME=FILE")
+        files[name] = path
+    return files
+
+
+@rate_app.callback()
+@boundary
+def rate(
+    ctx: typer.Context,
+    study: Optional[Path] = typer.Option(None, "--study", help="The study folder: study.json (the design, fixed "
+                                         "before the first rating), ratings.jsonl, the report."),
+    predictions: list[str] = typer.Option([], "--predictions", help="NAME=FILE: one method's predictions (JSON "
+                                          "lines with user, item, prediction, reference); two or more on the same "
+                                          "pairs make a new study (repeat the option)."),
+    pairs: int = typer.Option(50, "--pairs", min=1, help="How many shared pairs to sample for a new study."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pair sample and of each pair's order of explanations."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP + " Gives each pair its context (item title "
+                                       "and profile, user profile, items the user had in training)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address of the page. The default is reachable from this "
+                             "machine only; any other needs --tokens."),
+    port: int = typer.Option(8010, "--port", min=1, max=65535, help="Port of the page."),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="A file of 'NAME TOKEN' lines: raters sign in with "
+                                          "their token instead of typing a name."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Score the study with an LLM judge instead of serving "
+                                        "the page: 'smollm2-135m' (embedded), 'tiny', an HF id or a local folder. "
+                                        "Its scores go into ratings.jsonl as rater judge:MODEL; reruns resume."),
+    judge_batch: int = typer.Option(8, "--judge-batch", min=1, max=256, help="Prompts per forward pass of the judge."),
+    judge_limit: Optional[int] = typer.Option(None, "--judge-limit", min=1, help="Score at most this many pairs "
+                                              "(the rest on a later run)."),
+) -> None:
+    """Run a blind rating study: make it from predictions files, serve the page to raters, or let an LLM judge
+    score it. `explainrec rate report STUDY` summarises the ratings."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import socket
+
+    from explainrec.rate import create_study, load_study
+
+    if study is None:
+        raise UsageError("rate needs --study FOLDER (with --predictions NAME=FILE ... to make a new study), or a "
+                         "subcommand: explainrec rate report STUDY")
+    if predictions:
+        files = _predictions_option(predictions)
+        if len(files) < 2:
+            raise UsageError("a study compares two or more methods: give --predictions NAME=FILE at least twice")
+        check_output_folder(study, option="--study")
+        dataset = _load_data(data, trust_pickle) if data is not None else None
+        the_study = create_study(study, files, n_pairs=pairs, seed=seed, dataset=dataset)
+    else:
+        if data is not None:
+            raise UsageError("--data gives a new study its context; an existing study already holds it: drop --data")
+        the_study = load_study(study)
+    typer.echo(f"study {the_study.id}: {len(the_study.pairs)} pairs of {', '.join(the_study.method_names)} "
+               f"(seed {the_study.seed}) in {study}")
+    if judge is not None:
+        from explainrec.llm.load import load_llm
+        from explainrec.rate.judge import Judge, judge_name, judge_study
+
+        name = judge_name(judge)
+        model, tokenizer = load_llm(judge)
+        done = judge_study(the_study, Judge(model, tokenizer, batch_size=judge_batch), name, model_id=judge,
+                           limit=judge_limit,
+                           progress=lambda i, n: typer.echo(f"  {name}: {i}/{n} pairs", err=True))
+        typer.echo(f"{name} scored {done} pair(s) into {the_study.ratings_path}; the report: explainrec rate report "
+                   f"{study}")
+        return
+    from explainrec.rate.app import create_app, read_tokens
+    from explainrec.rate.app import run as run_page
+    from explainrec.serve.server import is_loopback
+
+    token_map = read_tokens(tokens) if tokens is not None else None
+    if not is_loopback(host) and token_map is None:
+        raise UsageError(f"--host {host} lets other machines reach the page; give raters tokens (--tokens FILE of "
+                         "'NAME TOKEN' lines) so nobody can rate under another's name")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a busy port: say so now
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as err:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    page = create_app(the_study, tokens=token_map)
+    for problem in page.state.desk.problems:
+        typer.secho(f"warning: {problem}", fg="yellow", err=True)
+    typer.echo(f"rating page on http://{host}:{port}  -- raters sign in with a "
+               f"{'token' if token_map else 'name'}; ratings go to {the_study.ratings_path}")
+    run_page(page, host=host, port=port)
+
+
+@rate_app.command("report")
+@boundary
+def rate_report(
+    study: Path = typer.Argument(..., help="The study folder (from explainrec rate --study)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Human-Score weights of P, Q, U, e.g. "
+                                          "'0.4,0.3,0.3' (the paper's, the default) or 'P=0.5,Q=0.25,U=0.25'; "
+                                          "non-negative, summing to 1."),
+    resamples: int = typer.Option(10_000, "--resamples", min=100, help="Bootstrap and permutation resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the permutation test."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md / .json / .png (default: STUDY)."),
+) -> None:
+    """Per method P, Q, U and Human-Score with 95% intervals, paired tests, Krippendorff's alpha, per-rater means."""
+    from explainrec.rate import load_study
+    from explainrec.rate.report import save_report, to_markdown
+    from explainrec.rate.rubric import parse_weights
+
+    try:
+        w = parse_weights(weights)
+    except ValueError as err:
+        raise UsageError(f"--weights: {err}") from None
+    the_study = load_study(study)
+    if out is not None:
+        check_output_folder(out)
+    report, paths = save_report(the_study, out, weights=w, n_resamples=resamples, seed=seed)
+    for problem in report["problems"]:
+        typer.secho(f"warning: {problem}", fg="yellow", err=True)
+    typer.echo(to_markdown(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
