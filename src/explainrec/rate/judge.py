@@ -76,8 +76,8 @@ class Judge:
 
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.render = lambda chat: render_prompt(tokenizer, chat)
-        self.digits = torch.tensor(digit_ids(tokenizer))
         self.device = next(model.parameters()).device
+        self.digits = torch.tensor(digit_ids(tokenizer), device=self.device)
 
     def encode(self, chat: list[dict]) -> list[int]:
         return self.tokenizer(self.render(chat), add_special_tokens=False)["input_ids"]
@@ -124,7 +124,8 @@ class Judge:
             mask = torch.cat([torch.ones(b, n_prefix, dtype=torch.long), mask], dim=1)
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask.to(self.device), use_cache=False,
                                           **kwargs).last_hidden_state
-        last = hidden[torch.arange(len(suffixes)), (lengths - 1).to(self.device)]  # (B, H)
+        rows = torch.arange(len(suffixes), device=self.device)
+        last = hidden[rows, (lengths - 1).to(self.device)]  # (B, H)
         return self.model.get_output_embeddings()(last)
 
 
