@@ -36,11 +36,12 @@ def browser_missing() -> str | None:
 
 
 def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[list[tuple[str, str, str]]],
-                       reload_after: int | None = None, shot_at: int = 0, width: int = 1200,
+                       reload_after: int | None = None, back_at: int | None = None, shot_at: int = 0, width: int = 1200,
                        timeout_s: float = 60.0) -> dict:
     """Sign in as ``name`` and rate ``len(ratings)`` pairs: ``ratings[i][slot] = (P, Q, U)`` as typed. Before the
     first pair's scores it opens the criteria with "?" and closes them with Escape; after ``reload_after`` pairs
-    it reloads the page; the screenshot is taken on pair ``shot_at`` once its scores are typed, before saving.
+    it reloads the page; on pair ``back_at`` it first goes back a pair (Alt+Left), reads what is shown there and
+    saves it again with Enter; the screenshot is taken on pair ``shot_at`` once its scores are typed, before saving.
     Returns what the page showed along the way and every URL it requested."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -68,6 +69,16 @@ def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[
                     if reload_after is not None and i == reload_after:
                         page.reload()
                         seen["after_reload"] = {"label": _label(page), "progress": _progress(page)}
+                    if i == back_at:
+                        expect(page.locator("#score-0-P")).to_be_focused()
+                        here = _label(page)
+                        page.keyboard.press("Alt+ArrowLeft")
+                        expect(page.locator("#pair-label")).not_to_have_text(here)
+                        seen["went_back_to"] = {"label": _label(page), "url": page.url,
+                                                "shown": [page.input_value(f"#score-{s}-{d}")
+                                                          for s in range(len(pair_scores)) for d in DIMS]}
+                        page.keyboard.press("Enter")  # saved again as it was: a revision line
+                        expect(page.locator("#pair-label")).not_to_have_text(seen["went_back_to"]["label"])
                     label = _label(page)
                     seen["pairs"].append(label)
                     expect(page.locator("#score-0-P")).to_be_focused()
@@ -88,8 +99,8 @@ def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[
                     if i == shot_at:
                         screenshot.parent.mkdir(parents=True, exist_ok=True)
                         page.screenshot(path=str(screenshot), full_page=True)
-                    page.keyboard.press("Enter")
                     current = page.text_content("#status").removeprefix("showing pair ")
+                    page.keyboard.press("Enter")
                     moved_on = re.compile(rf"^(showing pair (?!{current}$)\d+|all pairs rated)$")
                     expect(page.locator("#status")).to_have_text(moved_on)  # saved, and the next view is up
                 if not page.locator("#finished").is_hidden():

@@ -25,16 +25,19 @@ def test_three_pairs_rated_with_the_keyboard_and_a_reload_mid_study(tmp_path, fi
     study = create_study(tmp_path / "study", files, n_pairs=3, seed=0, dataset=data)
     shot = tmp_path / "rate-page.png"
     with rating_server(study.folder) as (base, _process):
-        shown = rate_with_keyboard(base, shot, name="alice", ratings=TYPED, reload_after=2, shot_at=1)
+        shown = rate_with_keyboard(base, shot, name="alice", ratings=TYPED, reload_after=2, back_at=2, shot_at=1)
     assert shown["pairs"] == ["Pair 1 of 3:", "Pair 2 of 3:", "Pair 3 of 3:"]
     assert shown["after_reload"] == {"label": "Pair 3 of 3:", "progress": "pair 3 of 3 · 2 of 3 rated"}
+    # Alt+Left went back to pair 2 (the page stayed, no browser history step) with its saved scores in place
+    assert shown["went_back_to"]["label"] == "Pair 2 of 3:" and shown["went_back_to"]["url"] == base + "/"
+    assert shown["went_back_to"]["shown"] == [str(float(v)).removesuffix(".0") for t in TYPED[1] for v in t]
     assert "Personalization (P)" in shown["criteria"] and "Text is unclear, incoherent" in shown["criteria"]
     assert "All pairs rated" in shown["finished"] and shown["progress"] == "3 of 3 rated"
     assert shown["explanations"] == study.shown(2)  # the pair's texts, in the study's order for it
     ratings = read_ratings(study)
-    assert ratings.problems == [] and [(r["rater"], r["pair"]) for r in ratings.records] == [("alice", k)
-                                                                                         for k in range(3)]
-    for record, typed in zip(ratings.records, TYPED):
+    assert ratings.problems == [] and [r["pair"] for r in ratings.records] == [0, 1, 1, 2]  # pair 2 saved twice
+    assert ratings.records[1]["scores"] == ratings.records[2]["scores"]
+    for record, typed in zip([ratings.records[i] for i in (0, 1, 3)], TYPED):
         order = study.pairs[record["pair"]]["order"]
         for slot, triple in enumerate(typed):
             assert record["scores"][order[slot]] == dict(zip("PQU", map(float, triple)))
