@@ -28,6 +28,15 @@ class ConfigError(DataError):
     """A setting is unknown, of the wrong type or out of range; the message names the key and what is allowed."""
 
 
+# numpy's and torch's generators take seeds up to 2**32 - 1 everywhere (a larger one fails deep inside training)
+SEED_MAX = 2**32 - 1
+
+
+def seed_option(help: str = "random seed") -> Any:  # noqa: A002
+    """A seed field: an integer in 0 .. 2**32 - 1, so that every generator it seeds accepts it."""
+    return option(0, help, min=0, max=SEED_MAX)
+
+
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
            choices: tuple | None = None, above: float | None = None) -> Any:
     """A config field with its help line and limits (``min``/``max`` inclusive, ``above`` exclusive).
@@ -292,11 +301,16 @@ def _check_value(name: str, value: Any, meta: Any, tp: Any) -> None:
         if value != value:  # NaN
             raise ConfigError(f"{name}: must be a number, got nan")
         if lo is not None and value < lo:
-            raise ConfigError(f"{name}: must be >= {lo:g}, got {value:g}")
+            raise ConfigError(f"{name}: must be >= {_num(lo)}, got {_num(value)}")
         if above is not None and value <= above:
-            raise ConfigError(f"{name}: must be > {above:g}, got {value:g}")
+            raise ConfigError(f"{name}: must be > {_num(above)}, got {_num(value)}")
         if hi is not None and value > hi:
-            raise ConfigError(f"{name}: must be <= {hi:g}, got {value:g}")
+            raise ConfigError(f"{name}: must be <= {_num(hi)}, got {_num(value)}")
 
 
-__all__ = ["Config", "ConfigError", "merge_dicts", "option", "parse_overrides", "read_config_file", "MISSING"]
+def _num(x: float) -> str:
+    """A limit or value as written: integers in full (a seed's 4294967295, not 4.29497e+09), floats short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+__all__ = ["Config", "ConfigError", "SEED_MAX", "merge_dicts", "option", "seed_option", "parse_overrides", "read_config_file", "MISSING"]

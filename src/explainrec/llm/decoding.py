@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, option
+from explainrec.config import Config, option, seed_option
 
 
 @dataclass
@@ -22,7 +22,7 @@ class GenerationConfig(Config):
     typical_p: float = option(1.0, "locally typical sampling mass (with do_sample; 1 = off)", above=0.0, max=1.0)
     candidates: int = option(1, "texts sampled per pair; the one closest in meaning to what the prompt says about "
                              "the pair is kept (needs do_sample; 1 = off)", min=1, max=64)
-    seed: int = option(0, "random seed for sampling")
+    seed: int = seed_option("random seed for sampling")
 
     def check(self) -> None:
         if self.candidates > 1 and not self.do_sample:

@@ -145,6 +145,41 @@ def grow_embeddings(model, n_tokens: int) -> None:
 # LLM
 
 
+def check_llm_name(name: str) -> None:
+    """Raise ConfigError when ``name`` cannot be an LLM :func:`load_llm` opens, without loading (or downloading)
+    it: a training run must not find out after its first stage that its LLM does not exist."""
+    from explainrec.config import ConfigError
+
+    name = str(name)
+    if name in TINY_NAMES:
+        return
+    if name in _SMOLLM2_NAMES:
+        try:
+            embedded_gguf_path()
+        except FileNotFoundError as err:
+            raise ConfigError(f"model: {err}") from None
+        return
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ConfigError(f"model: {path}: no such GGUF file")
+        return
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model: {path}: not a model folder (no config.json); give a local model folder, a "
+                              f"Hugging Face id, {DEFAULT_LLM!r} or 'tiny'")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ConfigError(f"model: {name}: no such model folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise ConfigError(f"model: {name!r} is neither a local folder nor in the Hugging Face cache, and "
+                              "HF_HUB_OFFLINE is set")
+
+
 def load_llm(
     name_or_path: str | Path = DEFAULT_LLM,
     *,

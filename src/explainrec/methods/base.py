@@ -6,6 +6,7 @@ the bench harness, the demo and the server only ever look a method up by name th
     name, description      what ``explainrec methods`` prints
     config_class           a :class:`explainrec.config.Config` dataclass (defaults, limits, help per key)
     presets                YAML files shipped beside the method (``configs/<preset>.yaml``): tiny, cpu, paper
+    check(dataset, config) what training would reject, raised before any work (stages are checked too)
     stages(config)         upstream stages trained first into sub-folders and shareable between runs
     train(...)             fit on a dataset's train split into a run folder (resumable), write ``model/``;
                            returns a :class:`Trained` (summary + an explainer on the in-memory model)
@@ -100,6 +101,22 @@ class Method:
             raise ConfigError(f"key=value settings: {err}{on_top}") from None
 
     # ------------------------------------------------------------------ the contract
+
+    def check(self, dataset, config: Config) -> None:
+        """Raise what training on ``dataset`` with ``config`` would reject, before any folder is written (a failed
+        start must leave nothing that blocks the corrected rerun). By default a method that learns to explain
+        needs explained training pairs; a method adds what its recipe refuses."""
+        if self.explains and self.trains and not any(e.explanation.strip() for e in dataset.split_examples("train")):
+            from explainrec.data.schema import DataError
+
+            raise DataError(f"dataset {dataset.name!r}: no explained pairs in split 'train' ({self.name} learns to "
+                            "write explanations from them); give data with an 'explanation' field")
+        from explainrec.train.settings import LLMTrainConfig
+
+        if isinstance(config, LLMTrainConfig):
+            from explainrec.llm.load import check_llm_name
+
+            check_llm_name(config.model)
 
     def stages(self, config: Config) -> list[StageUse]:
         """Upstream stages this run trains first (each into ``RUN/<folder>``); none by default."""

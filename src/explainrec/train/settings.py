@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, ConfigError, option
+from explainrec.config import Config, ConfigError, option, seed_option
 
 
 @dataclass
@@ -57,7 +57,7 @@ class LLMTrainConfig(Config):
     curve_batch_size: int = option(16, "prompts generated together for the curve explanations", min=1)
     curve_max_new_tokens: int = option(80, "longest curve explanation, in tokens", min=1)
     log_every: int = option(10, "optimizer steps between log lines", min=1)
-    seed: int = option(0, "random seed (data order, initialisation, sampling)")
+    seed: int = seed_option("random seed (data order, initialisation, sampling)")
     lora: LoraConfig = option(LoraConfig, "LoRA adapters")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, ConfigError, option
+from explainrec.config import Config, ConfigError, option, seed_option
 from explainrec.train.settings import LLMTrainConfig
 
 VARIANTS = ("full", "single-gate", "coarse", "base")
@@ -54,7 +54,7 @@ class VaeGmmConfig(VaeGmmSettings):
     """Stage 1 on its own (``explainrec train vae-gmm``): the settings plus the number of clusters and the seed."""
 
     clusters: int = option(4, "number of GMM clusters K (= gates of stage 2)", min=1)
-    seed: int = option(0, "random seed")
+    seed: int = seed_option("random seed")
 
 
 @dataclass
@@ -123,6 +123,12 @@ class GaVaMoEConfig(LLMTrainConfig):
     trainable: tuple[str, ...] = option(lambda: ("experts", "gates", "soft", "vae"),
                                         "parameter groups that train (comma list)", choices=TRAINABLE_GROUPS)
     stage1: VaeGmmSettings = option(VaeGmmSettings, "stage 1 (VAE-GMM) training")
+
+    def check(self) -> None:
+        super().check()
+        if not self.trainable:
+            raise ConfigError(f"trainable: name at least one parameter group ({', '.join(TRAINABLE_GROUPS)}); with "
+                              "none, nothing would train")
 
     def stage1_config(self) -> VaeGmmConfig:
         return VaeGmmConfig.from_dict({**self.stage1.to_dict(), "clusters": self.clusters, "seed": self.seed}, "stage1")

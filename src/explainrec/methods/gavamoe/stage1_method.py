@@ -24,6 +24,11 @@ class VaeGmmStage(Method):
     explains = False
     preset_folder = "configs/vae-gmm"
 
+    def check(self, dataset, config: VaeGmmConfig) -> None:
+        from explainrec.methods.gavamoe.stage1_train import check_data
+
+        check_data(dataset, config)
+
     def train(self, dataset, out: Path, config: VaeGmmConfig, *, stages, resume: bool, progress: bool, echo) -> Trained:
         from explainrec.methods.gavamoe.stage1_eval import evaluate_and_write
         from explainrec.methods.gavamoe.stage1_train import train_vae_gmm

@@ -137,30 +137,12 @@ class TrainData:
 
     @classmethod
     def from_dataset(cls, ds: Dataset, cfg: VaeGmmConfig, dev: torch.device) -> TrainData:
+        likelihood = check_data(ds, cfg)
         inter = ds.interactions
-        where = f"dataset {ds.name!r} interactions"
-        if len(inter) == 0:
-            raise DataError(f"{where}: no interactions")
-        for col in ("user", "item"):
-            ids = np.asarray(getattr(inter, col))
-            n = ds.n_users if col == "user" else ds.n_items
-            if ids.size and (ids.min() < 0 or ids.max() >= n):
-                raise DataError(f"{where}: field '{col}' holds ids outside 0..{n - 1}")
         train = inter.of_split("train")
-        if len(train) == 0:
-            raise DataError(f"{where}: no interactions in split 'train'")
-        if len(train) < cfg.clusters:
-            raise DataError(f"{where}: {len(train)} training pairs cannot fill {cfg.clusters} clusters")
-        likelihood = cfg.likelihood or ("bernoulli" if ds.implicit else "gaussian")
-        if likelihood != "bernoulli" and ds.implicit:
-            raise DataError(f"{where}: likelihood {likelihood!r} needs ratings, but the data is implicit feedback")
-        if likelihood == "bernoulli" and not cfg.reconstruct_items:
-            raise ValueError("reconstruct_items=False leaves a bernoulli (implicit) model nothing to reconstruct")
         n_levels, rating_range = 5, (1.0, 5.0)
         if likelihood != "bernoulli":
             r = np.asarray(train.rating, dtype=np.float64)
-            if not np.isfinite(r).all():
-                raise DataError(f"{where}: field 'rating' holds NaN or inf in split 'train'")
             lo, hi = float(r.min()), float(r.max())
             hi = hi if hi > lo else lo + 1.0
             rating_range = (lo, hi)
@@ -183,6 +165,36 @@ class TrainData:
             valid_context=v_ctx, valid_negatives=v_neg, user_known=user_known.to(dev), item_known=item_known.to(dev),
             sampler=sampler,
         )
+
+
+def check_data(ds: Dataset, cfg: VaeGmmConfig) -> str:
+    """Everything stage 1 rejects about ``ds`` with ``cfg``, cheap enough to ask before any work (a bad setting
+    must not surface after minutes of training); returns the likelihood it will use."""
+    from explainrec.config import ConfigError
+
+    inter = ds.interactions
+    where = f"dataset {ds.name!r} interactions"
+    if len(inter) == 0:
+        raise DataError(f"{where}: no interactions")
+    for col in ("user", "item"):
+        ids = np.asarray(getattr(inter, col))
+        n = ds.n_users if col == "user" else ds.n_items
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise DataError(f"{where}: field '{col}' holds ids outside 0..{n - 1}")
+    train = inter.of_split("train")
+    if len(train) == 0:
+        raise DataError(f"{where}: no interactions in split 'train'")
+    if len(train) < cfg.clusters:
+        raise ConfigError(f"clusters: {len(train)} training pairs of {where.removesuffix(' interactions')} cannot "
+                          f"fill {cfg.clusters} clusters; use at most {len(train)}")
+    likelihood = cfg.likelihood or ("bernoulli" if ds.implicit else "gaussian")
+    if likelihood != "bernoulli" and ds.implicit:
+        raise ConfigError(f"likelihood: {likelihood!r} needs ratings, but {where} are implicit feedback")
+    if likelihood == "bernoulli" and not cfg.reconstruct_items:
+        raise ConfigError("reconstruct_items: false leaves a bernoulli (implicit) model nothing to reconstruct")
+    if likelihood != "bernoulli" and not np.isfinite(np.asarray(train.rating, dtype=np.float64)).all():
+        raise DataError(f"{where}: field 'rating' holds NaN or inf in split 'train'")
+    return likelihood
 
 
 def _make_optimizer(model: VaeGmm, cfg: VaeGmmConfig) -> torch.optim.Optimizer:

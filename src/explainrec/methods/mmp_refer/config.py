@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, ConfigError, option
+from explainrec.config import Config, ConfigError, option, seed_option
 from explainrec.train.settings import LLMTrainConfig, LoraConfig
 
 FALLBACKS = ("neighbours", "mean")
@@ -48,7 +48,7 @@ class RQVAEConfig(Config):
     lr: float = option(1e-3, "Adam learning rate", above=0.0)
     restart_every: int = option(5, "re-seed unused codes from random residuals every N epochs (0: never)", min=0)
     kmeans_iters: int = option(50, "Lloyd iterations of each level's k-means initialisation", min=1)
-    seed: int = option(0, "random seed")
+    seed: int = seed_option("random seed")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class VectorConfig(Config):
     lr: float = option(1e-3, "Adam learning rate", above=0.0)
     use_quantised: bool = option(True, "concatenate the RQ-VAE's quantised vectors (false: ablation w/o Multi-SID)")
     eval_k: int = option(20, "cut-off of the validation Recall/NDCG in the report", min=1)
-    seed: int = option(0, "random seed")
+    seed: int = seed_option("random seed")
 
     def check(self) -> None:
         if self.dim % self.heads:
@@ -114,7 +114,7 @@ class GraphPromptConfig(Config):
                             max=0.9)
     soft_tokens: int = option(1, "graph soft tokens in the prompt (the paper's s_(u,v) is one embedding)", min=1)
     max_profile_words: int = option(25, "words kept of each node profile in the path text", min=1)
-    sample_seed: int = option(0, "seed of the neighbour sampling")
+    sample_seed: int = seed_option("seed of the neighbour sampling")
 
     def check(self) -> None:
         if self.gnn == "gat" and self.hidden % self.heads:
@@ -140,7 +140,7 @@ class MMPGraphConfig(MMPGraphSettings):
 
     RESUMABLE = ("rqvae.epochs", "rqvae.warmup_epochs", "vectors.epochs")
 
-    seed: int = option(0, "random seed (RQ-VAE, vectors)")
+    seed: int = seed_option("random seed (RQ-VAE, vectors)")
 
     def seeded(self) -> "MMPGraphConfig":
         """The config with the run's seed in the RQ-VAE's and the vectors' own settings."""

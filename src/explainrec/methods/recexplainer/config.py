@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, option
+from explainrec.config import Config, option, seed_option
 from explainrec.train.settings import LLMTrainConfig, LoraConfig
 
 VARIANTS = ("behaviour", "intention", "hybrid")
@@ -43,7 +43,7 @@ class RecommenderSettings(Config):
 class RecommenderConfig(RecommenderSettings):
     """The recommender on its own (``explainrec train recommender``)."""
 
-    seed: int = option(0, "random seed")
+    seed: int = seed_option("random seed")
 
 
 @dataclass

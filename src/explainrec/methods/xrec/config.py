@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explainrec.config import Config, option
+from explainrec.config import Config, option, seed_option
 from explainrec.train.settings import LLMTrainConfig, LoraConfig
 
 
@@ -29,7 +29,7 @@ class LightGCNSettings(Config):
 class LightGCNConfig(LightGCNSettings):
     """LightGCN on its own (``explainrec train lightgcn``)."""
 
-    seed: int = option(0, "random seed")
+    seed: int = seed_option("random seed")
 
 
 @dataclass
