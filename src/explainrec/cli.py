@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from explainrec.data.schema import DataError
 from explainrec.llm.decoding import GenerationConfig
 
 from explainrec.cli_boundary import (
@@ -19,6 +20,7 @@ from explainrec.cli_boundary import (
     check_input_file,
     check_output_file,
     check_output_folder,
+    check_run_folder,
     data_path,
     stderr_is_terminal,
 )
@@ -42,6 +44,7 @@ SPLIT_HELP = "Which split of --data: train, valid (or validation/val) or test."
 SPECIFICITY_HELP = ("Pair retrieval (Ret-R@1/R@10/MRR, beside their chance levels): rank all references of the file by "
                     "MiniLM similarity to each prediction and see where the pair's own reference lands; a template "
                     "written for everyone scores at chance (needs the embedded encoder).")
+OVERWRITE_HELP = "Replace the files this command writes when they exist (without it, an existing result is kept)."
 PRECISION_HELP = ("Weights for generation: auto (int8 on CPU, the loaded dtype on a GPU), fp32, or int8 (dynamic int8 "
                   "matmuls on CPU: about 3x faster, greedy text may differ slightly).")
 
@@ -49,6 +52,14 @@ PRECISION_HELP = ("Weights for generation: auto (int8 on CPU, the loaded dtype o
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error.")) -> None:
     DEBUG["on"] = debug
+
+
+def _command_line() -> str:
+    """This command as typed (what a folder's lock and ownership marker say made it)."""
+    import shlex
+    import sys
+
+    return " ".join(["explainrec", *map(shlex.quote, sys.argv[1:])])
 
 
 def _load_data(data: str, trust_pickle: bool, seed: int = 0):
@@ -144,10 +155,11 @@ def train(
     if data is None or out is None:
         raise UsageError(f"train {method}: --data and --out are required (explainrec train {method} --help)")
     cfg = m.make_config(config, list(overrides or []), where=f"train {method}")  # validated before any work
+    inputs = [p for p in (data_path(data), Path(config) if config and Path(config).is_file() else None) if p]
+    check_run_folder(out, inputs=inputs)  # before the data is read: a refused --out costs nothing
     dataset = _load_data(data, trust_pickle, seed=getattr(cfg, "seed", 0))
-    source = data_path(data)
     trained = train_run(m, dataset, out, cfg, resume=resume, overwrite=overwrite, progress=True,
-                        echo=typer.echo, inputs=(source,) if source else ())
+                        echo=typer.echo, inputs=tuple(inputs), command=_command_line())
     typer.echo(json.dumps({k: v for k, v in trained.summary.items() if k != "config"}, indent=2, default=str))
     typer.echo(f"wrote {out}" + (f" (model: {out / 'model'})" if (out / "model").exists() else ""))
 
@@ -192,7 +204,15 @@ def explain(
     pair_file: Optional[Path] = typer.Option(None, "--pair-file", help="One pair: a JSON object with user, item and "
                                              "optionally title, user_profile, item_profile, features, rating."),
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
-    out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write."),
+    out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write; may be "
+                             "inside the run folder (beside its model), never an input or an existing file without "
+                             "--overwrite."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out (and an interrupted "
+                                   "explain's chunks)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an explain of --out that was stopped (its chunks "
+                                "in OUT.parts/); the same settings are required."),
+    chunk_size: int = typer.Option(128, "--chunk-size", min=1, help="Pairs written per chunk (OUT.parts/, then OUT "
+                                   "whole): a stop keeps every finished chunk."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Explain only the first N pairs of the split."),
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1,
                                    help="Prompts generated together (sorted by length, left-padded, KV-cached)."),
@@ -210,7 +230,8 @@ def explain(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`), or for one pair."""
-    from explainrec.methods.explain import explain_split, normalise_split
+    from explainrec.folders import writing_into
+    from explainrec.methods.explain import check_chunked_output, explain_split, normalise_split
 
     generation = GenerationConfig.from_dict(dict(
         batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -235,12 +256,46 @@ def explain(
     if data is None:
         raise UsageError("--data is required to explain a split (or give --user and --item for one pair)")
     split = normalise_split(split)
-    check_output_file(out, inputs=(data_path(data), Path(model) if model and Path(model).exists() else None))
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    inputs, runs = _model_inputs(model)
+    check_output_file(out, inputs=[data_path(data), decoding, *inputs], runs=runs, overwrite=overwrite)
+    check_chunked_output(out, resume=resume, overwrite=overwrite)
     dataset = _load_data(data, trust_pickle)
     explainer = _open_explainer(model, method, precision)
-    _, stats = explain_split(explainer, dataset, split, limit=limit, out=out, generation=generation,
-                             progress=True)
+    identity = {"model": _model_identity(model, explainer), "precision": explainer.info.get("precision")}
+    with writing_into(out.parent, command=_command_line()):
+        _, stats = explain_split(explainer, dataset, split, limit=limit, out=out, generation=generation,
+                                 progress=True, chunk_size=chunk_size, resume=resume, identity=identity,
+                                 echo=typer.echo)
     typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
+
+
+def _model_inputs(model: Optional[str]) -> tuple[list[Path], list[Path]]:
+    """``(inputs, runs)`` of a ``--model`` value for the output checks: a run folder is a run (predictions may go
+    beside its model), a model folder or a local LLM folder an input (nothing may go inside)."""
+    from explainrec.methods.model_folder import MANIFEST
+
+    path = Path(model) if model else None
+    if path is None or not path.exists():
+        return [], []
+    if path.is_dir() and not (path / MANIFEST).is_file() and not (path / "config.json").is_file():
+        return [], [path]
+    return [path], []
+
+
+def _model_identity(model: Optional[str], explainer) -> dict:
+    """What decides an explainer's texts, for a resumed explain to compare: the weights' hashes of a trained
+    model, else the method and the LLM's name."""
+    from explainrec.methods.model_folder import open_model_folder
+
+    if model is not None and Path(model).is_dir():
+        try:
+            folder, manifest = open_model_folder(model)
+            return {"method": manifest["method"], "weights": manifest.get("sha256")}
+        except DataError:
+            pass
+    return {"method": explainer.method, "llm": model}
 
 
 def _check_precision(precision: str) -> None:
@@ -264,6 +319,7 @@ def _one_pair(user, item, pair_file, texts: dict, data, trust_pickle):
         allowed = {"user", "item", "title", "user_profile", "item_profile", "features", "rating"}
         if not isinstance(given, dict) or set(given) - allowed:
             raise UsageError(f"--pair-file {pair_file}: expected a JSON object with keys among {sorted(allowed)}")
+        _check_pair_fields(given, f"--pair-file {pair_file}")
     user = user if user is not None else given.get("user")
     item = item if item is not None else given.get("item")
     if user is None or item is None:
@@ -281,6 +337,24 @@ def _one_pair(user, item, pair_file, texts: dict, data, trust_pickle):
         pair = Pair(**{**pair.__dict__, **extra})
         source = "command line" if source == "nothing known" or data is None else source + " + command line"
     return pair, source
+
+
+def _check_pair_fields(given: dict, where: str) -> None:
+    """Each field of a pair given as JSON has its type: ids text or integers, texts text, features a list of words
+    (a string there would be split into letters), rating a number."""
+    for key in ("user", "item"):
+        if key in given and (not isinstance(given[key], (str, int)) or isinstance(given[key], bool)):
+            raise UsageError(f"{where}: field '{key}' must be an id (text or integer), got {given[key]!r}")
+    for key in ("title", "user_profile", "item_profile"):
+        if given.get(key) is not None and not isinstance(given[key], str):
+            raise UsageError(f"{where}: field '{key}' must be text, got {given[key]!r}")
+    features = given.get("features")
+    if features is not None and (not isinstance(features, list) or not all(isinstance(f, str) for f in features)):
+        raise UsageError(f"{where}: field 'features' must be a list of words, e.g. [\"collar\", \"zipper\"]; got "
+                         f"{features!r}")
+    rating = given.get("rating")
+    if rating is not None and (not isinstance(rating, (int, float)) or isinstance(rating, bool) or rating != rating):
+        raise UsageError(f"{where}: field 'rating' must be a number, got {rating!r}")
 
 
 def _format_throughput(stats) -> str:
@@ -307,14 +381,18 @@ def evaluate(
     bertscore_layers: Optional[int] = typer.Option(None, "--bertscore-layers", min=1, help="Encoder layer to use (default: bert-score's choice or all for MiniLM)."),
     rescale: bool = typer.Option(False, "--rescale", help="Rescale BERTScore with bert-score's baseline (roberta-large etc.)."),
     specificity: bool = typer.Option(True, "--specificity/--no-specificity", help=SPECIFICITY_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """BLEU-1/4, ROUGE-1/2/L, Distinct-1/2, USR, BERTScore P/R/F1, pair retrieval R@1/R@10/MRR (with chance),
     FMR/FCR/DIV, with std and per-bucket tables."""
     from explainrec.metrics import evaluate as run_eval
     from explainrec.metrics import load_predictions, save_report, to_markdown
+    from explainrec.metrics.report import report_paths
 
     check_input_file(predictions, option="PREDICTIONS")
-    out_dir = check_output_folder(out if out is not None else predictions.parent)
+    folder = out if out is not None else predictions.parent
+    out_dir = check_output_folder(folder, writes=[p.name for p in report_paths(folder)], inputs=[predictions],
+                                  overwrite=overwrite)
     rows = load_predictions(predictions)
     kwargs = {}
     if bertscore_layers is not None:
@@ -345,11 +423,13 @@ def sensitivity(
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Prompts generated together."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for sensitivity.json and sensitivity.md "
                                        "(default: RUN)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """User sensitivity: explain the same item for another user and measure how much the text changes and whether it
     moves toward that user (a template scores 0). Reuses RUN/predictions.jsonl for the original pairs when it
     matches."""
+    from explainrec.folders import writing_into
     from explainrec.io import atomic_write_json, atomic_write_text
     from explainrec.methods import registry
     from explainrec.methods.explain import normalise_split
@@ -368,7 +448,9 @@ def sensitivity(
     if out is None and folder is None:
         raise UsageError(f"--method {method}: give --out FOLDER for sensitivity.json and sensitivity.md (there is "
                          "no run folder to write them to)")
-    out_dir = check_output_folder(out if out is not None else folder)
+    inputs, runs = _model_inputs(run)
+    out_dir = check_output_folder(out if out is not None else folder, writes=["sensitivity.json", "sensitivity.md"],
+                                  inputs=[data_path(data), *inputs], runs=runs, overwrite=overwrite)
     rows, note = _predictions_of(folder)
     dataset = _load_data(data, trust_pickle)
     explainer = _open_explainer(run, method, precision)
@@ -379,8 +461,9 @@ def sensitivity(
         result["notes"].append(note)
     label = f"{explainer.method} ({run})" if run else explainer.method
     markdown = to_markdown(result, title=label)
-    atomic_write_json(out_dir / "sensitivity.json", result)
-    atomic_write_text(out_dir / "sensitivity.md", markdown)
+    with writing_into(out_dir, command=_command_line()):
+        atomic_write_json(out_dir / "sensitivity.json", result)
+        atomic_write_text(out_dir / "sensitivity.md", markdown)
     typer.echo(markdown + f"\nwrote {out_dir / 'sensitivity.json'} and {out_dir / 'sensitivity.md'}")
 
 
@@ -417,21 +500,29 @@ def tune_decoding(
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Prompts generated together."),
     max_new_tokens: int = typer.Option(80, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Choose the decoding settings on the valid split (greedy, repetition penalty, n-gram blocking, beams, sampling),
     never on test; write them to decoding.json for `explainrec explain --decoding`."""
+    from explainrec.folders import writing_into
     from explainrec.io import atomic_write_json
-    from explainrec.methods.decoding_search import choose_decoding
+    from explainrec.methods.decoding_search import check_search, choose_decoding
 
     _check_precision(precision)
+    check_search(rule, grid)
     target = out if out is not None else Path(run) / "decoding.json"
-    check_output_file(target)
+    inputs, runs = _model_inputs(run)
+    check_output_file(target, inputs=[data_path(data), *inputs], runs=runs, overwrite=overwrite)
+    dataset = _load_data(data, trust_pickle)
+    if not dataset.split_examples("valid"):
+        raise DataError(f"dataset {dataset.name!r} has no explained pairs in split 'valid': the decoding is chosen "
+                        "there (never on test)")
     explainer = _open_explainer(run, method, precision)
-    record = choose_decoding(explainer, _load_data(data, trust_pickle),
-                             GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens), limit=limit,
-                             rule=rule, grid=grid, bertscore=bertscore, echo=typer.echo)
-    atomic_write_json(target, record)
+    record = choose_decoding(explainer, dataset, GenerationConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+                             limit=limit, rule=rule, grid=grid, bertscore=bertscore, echo=typer.echo)
+    with writing_into(target.parent, command=_command_line()):
+        atomic_write_json(target, record)
     typer.echo(f"chosen on {record['pairs']} validation pairs ({record['rule']}): {record['chosen'] or 'greedy'}\n"
                f"wrote {target}")
 
@@ -445,21 +536,26 @@ def evaluate_alignment(
     limit: int = typer.Option(100, "--limit", min=1, help="Held-out rows scored per task."),
     explanations: int = typer.Option(48, "--explanations", min=0, help="Explanations generated for the checks (0: none)."),
     zero_shot: bool = typer.Option(True, "--zero-shot/--no-zero-shot", help="Also score the untrained LLM."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Alignment to the recommender (Table 1: T1 HR/NDCG@5, T2 NDCG@5, T3 accuracy, T6 coverage, beside random,
     popularity and the untrained LLM) and automatic checks of the explanations (decision, probe, grounding, ...)."""
+    from explainrec.folders import writing_into
     from explainrec.io import atomic_write_json, atomic_write_text
     from explainrec.methods import registry
     from explainrec.methods.model_folder import open_model_folder
 
-    out_dir = check_output_folder(out if out is not None else run)
+    inputs, runs = _model_inputs(str(run))
+    out_dir = check_output_folder(out if out is not None else run, writes=["alignment.json", "alignment.md"],
+                                  inputs=[data_path(data), *inputs], runs=runs, overwrite=overwrite)
     _, manifest = open_model_folder(run)
     report, markdown = registry.get(manifest["method"]).alignment_report(
         run, _load_data(data, trust_pickle), limit=limit, explanations=explanations, zero_shot=zero_shot,
         echo=typer.echo)
-    atomic_write_json(out_dir / "alignment.json", report)
-    atomic_write_text(out_dir / "alignment.md", markdown)
+    with writing_into(out_dir, command=_command_line()):
+        atomic_write_json(out_dir / "alignment.json", report)
+        atomic_write_text(out_dir / "alignment.md", markdown)
     typer.echo(markdown + f"\nwrote {out_dir / 'alignment.json'} and {out_dir / 'alignment.md'}")
 
 
@@ -477,6 +573,7 @@ def compare(
                                      "pairs' references are the candidates; needs the embedded encoder)."),
     resamples: int = typer.Option(10_000, "--resamples", min=100, help="Bootstrap and permutation resamples."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Paired test of B against A on the pairs both explained: mean gap, bootstrap 95% interval, permutation p.
 
@@ -497,7 +594,7 @@ def compare(
     if len(labels) != 2 or not all(label.strip() for label in labels):
         raise UsageError(f"--names takes two labels 'A,B'; got {names!r}")
     if out is not None:
-        check_output_file(out, inputs=(predictions_a, predictions_b))
+        check_output_file(out, inputs=(predictions_a, predictions_b), overwrite=overwrite)
     kw = dict(names=labels, bertscore=bertscore, specificity=specificity, n_resamples=resamples)
     if all(folders):
         result = significance.compare_seeds(significance.seed_files(predictions_a),
@@ -528,7 +625,7 @@ def demo(
     """Train a small GaVaMoE on the built-in data and compare it with zero-shot on the same test pairs."""
     from explainrec.demo import run_demo
 
-    check_output_folder(out)
+    check_run_folder(out, inputs=[Path(model)] if Path(model).exists() else [])
     run_demo(out=out, model_name=model, n=n, batch_size=batch_size, steps=steps, bertscore=bertscore, fresh=fresh,
              echo=typer.echo)
 
@@ -562,7 +659,7 @@ def bench(
 
 
 @app.command()
-@boundary
+@boundary(signals=False)  # uvicorn handles SIGINT/SIGTERM itself (a graceful shutdown)
 def serve(
     run: Optional[Path] = typer.Argument(None, metavar="RUN_DIR", help="A trained run folder (from `explainrec train METHOD`), or its "
                                          "model/ folder. Or leave it out and give --method."),
@@ -580,28 +677,64 @@ def serve(
                                   "batch (1 = one at a time)."),
     max_wait_ms: float = typer.Option(20.0, "--max-wait-ms", min=0.0, max=10_000.0, help="How long the oldest waiting "
                                       "request waits for others to join its batch."),
-    queue: int = typer.Option(64, "--queue", min=1, max=100_000, help="Requests that may wait for a batch; more are "
-                              "answered 429 with Retry-After."),
+    queue: int = typer.Option(64, "--queue", min=1, max=100_000, help="Pairs that may wait for a batch; more are "
+                              "answered 429 with Retry-After (a batch request larger than the queue: 422)."),
     timeout_s: float = typer.Option(120.0, "--timeout-s", min=0.1, help="Per request, waiting plus generating; "
                                     "later ones are answered 504."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, max=4096, help="The longest explanation a "
                                        "request may ask for (more is refused with 422, never cut)."),
+    grace_seconds: float = typer.Option(30.0, "--grace-seconds", min=0.0, max=86_400.0, help="On SIGTERM or Ctrl-C: "
+                                        "new requests get 503 at once, queued and running ones may finish for this "
+                                        "long, then get 503 too (a second signal ends the wait). Keep it under your "
+                                        "orchestrator's kill timeout (Kubernetes: terminationGracePeriodSeconds)."),
+    ungrounded: str = typer.Option("explain", "--ungrounded", help="A pair nothing is known about (no text from "
+                                   "--data or the request, ids the model never learned): 'explain' it and say so "
+                                   "(grounded: false), or 'refuse' it (422)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding "
-                                              "the API key: /v1/* then needs header X-API-Key with that value (the "
-                                              "key itself never goes on the command line)."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+                                              "the API key: /v1/* then needs header X-API-Key or Authorization: "
+                                              "Bearer with that value (the key itself never goes on the command "
+                                              "line)."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="A web origin (https://app.example.org) whose "
+                                          "pages may call the API from a browser; repeat for several, '*' for any. "
+                                          "None by default (only the server's own page)."),
+    max_pairs: int = typer.Option(32, "--max-pairs", min=1, max=10_000, help="Pairs in one /v1/explain/batch "
+                                  "request (never more than --queue).", rich_help_panel="Request limits"),
+    max_body_bytes: int = typer.Option(64 * 1024, "--max-body-bytes", min=1024, max=64 * 1024 * 1024,
+                                       help="Largest request body (413 above).", rich_help_panel="Request limits"),
+    body_timeout_s: float = typer.Option(30.0, "--body-timeout-s", min=0.1, max=3600.0, help="A request's body must "
+                                         "arrive within this (408 after: a stalled client does not hold the server).",
+                                         rich_help_panel="Request limits"),
+    max_id_chars: int = typer.Option(200, "--max-id-chars", min=1, max=100_000, help="Longest user or item id.",
+                                     rich_help_panel="Request limits"),
+    max_title_chars: int = typer.Option(500, "--max-title-chars", min=1, max=1_000_000, help="Longest title.",
+                                        rich_help_panel="Request limits"),
+    max_profile_chars: int = typer.Option(4000, "--max-profile-chars", min=1, max=1_000_000, help="Longest user or "
+                                          "item profile.", rich_help_panel="Request limits"),
+    max_features: int = typer.Option(32, "--max-features", min=0, max=10_000, help="Most feature words per pair.",
+                                     rich_help_panel="Request limits"),
+    max_feature_chars: int = typer.Option(64, "--max-feature-chars", min=1, max=10_000, help="Longest feature word.",
+                                          rich_help_panel="Request limits"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One log line per request (id, "
+                                    "status, time, tokens, finish reason; health probes only when they fail)."),
+    log_format: str = typer.Option("text", "--log-format", help="'text' or 'json' (one JSON object per line)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
-    """Serve explanations over HTTP: a JSON API (/docs), streaming, dynamic batching and a web page at /."""
+    """Serve explanations over HTTP: a JSON API (/docs), streaming, dynamic batching, a web page at /, /metrics
+    (Prometheus), /healthz and /readyz; SIGTERM drains (docs/serving.md)."""
     import os
     import socket
 
     from explainrec.methods import registry
     from explainrec.methods.model_folder import load_run
     from explainrec.serve import server
+    from explainrec.serve.lifecycle import Lifecycle
     from explainrec.serve.schemas import ServeSettings
 
     _check_precision(precision)
+    for option, value, allowed in (("--ungrounded", ungrounded, ("explain", "refuse")),
+                                   ("--log-format", log_format, ("text", "json"))):
+        if value not in allowed:
+            raise UsageError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
     wanted = registry.get(method) if method else None  # unknown names fail here, before any loading
     if run is not None and model is not None:
         raise UsageError("--model names the LLM of a method that needs no training; a run folder brings its own "
@@ -615,7 +748,11 @@ def serve(
         if not api_key:
             raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue, timeout_s=timeout_s,
-                             max_new_tokens=max_new_tokens, api_key=api_key)
+                             max_new_tokens=max_new_tokens, max_pairs=max_pairs, max_body_bytes=max_body_bytes,
+                             body_timeout_s=body_timeout_s, max_id_chars=max_id_chars, max_title_chars=max_title_chars,
+                             max_profile_chars=max_profile_chars, max_features=max_features,
+                             max_feature_chars=max_feature_chars, grace_s=grace_seconds, ungrounded=ungrounded,
+                             cors_origins=tuple(cors_origin), api_key=api_key)
     settings.check()
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a busy port: say so now
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -635,15 +772,21 @@ def serve(
             raise UsageError(f"{run} holds a {explainer.method} model, not {wanted.name}")
         return explainer
 
+    def announce(service) -> None:
+        info = service.model_info()
+        if (info["served_data"] or {}).get("matches_model") is False:
+            typer.secho(f"warning: --data {data} is not the data the model was trained on (other id maps); its text "
+                        "still fills the prompts, but the model knows the ids it was trained with", fg="yellow",
+                        err=True)
+        typer.echo(f"serving {info['method']} ({info['model']}, {info['precision']}, loaded in "
+                   f"{info['load_seconds']} s) on http://{host}:{port}  -- page /, API docs /docs, /metrics"
+                   + ("  (API key required)" if api_key else ""))
+
     dataset = _load_data(data, trust_pickle) if data is not None else None
-    service = server.build_service(open_explainer, dataset, settings, precision)
-    info = service.model_info()
-    if (info["served_data"] or {}).get("matches_model") is False:
-        typer.secho(f"warning: --data {data} is not the data the model was trained on (other id maps); its text "
-                    "still fills the prompts, but the model knows the ids it was trained with", fg="yellow", err=True)
-    typer.echo(f"serving {info['method']} ({info['model']}, {info['precision']}, loaded in {info['load_seconds']} s) "
-               f"on http://{host}:{port}  -- page /, API docs /docs" + ("  (X-API-Key required)" if api_key else ""))
-    server.run(service, host=host, port=port, access_log=access_log)
+    typer.echo(f"loading the model; http://{host}:{port}/readyz answers 503 until it is ready")
+    lifecycle = Lifecycle(settings, load=lambda: server.build_service(open_explainer, dataset, settings, precision),
+                          on_ready=announce)
+    server.run(lifecycle, host=host, port=port, access_log=access_log, log_format=log_format)
 
 
 # ---------------------------------------------------------------------------------------------------- rate

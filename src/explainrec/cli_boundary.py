@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
@@ -30,26 +29,38 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def boundary(fn):
-    """Run a command; turn the exceptions users can cause into one line and an exit code."""
+def boundary(fn=None, *, signals: bool = True):
+    """Run a command; turn the exceptions users can cause into one line and an exit code.
+
+    ``signals``: SIGINT and SIGTERM stop the command keeping its work (:mod:`explainrec.interrupt`); off for a
+    command whose server handles them itself.
+    """
+    if fn is None:
+        return functools.partial(boundary, signals=signals)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from explainrec.config import ConfigError
         from explainrec.data.schema import DataError
+        from explainrec.interrupt import Interrupted, on_signals
 
         try:
-            return fn(*args, **kwargs)
+            if not signals:
+                return fn(*args, **kwargs)
+            with on_signals():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except (typer.BadParameter, UsageError, ConfigError) as err:  # ConfigError before DataError: a subclass
             if debug_enabled():
                 raise
             fail(_one_line(err), 2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             if debug_enabled():
                 raise
-            fail("interrupted; what was written so far is kept (training resumes with --resume)", 130)
+            if isinstance(err, Interrupted):
+                fail(_one_line(err), err.exit_code)
+            fail("interrupted; every output is written whole or not at all, so nothing half-written is left", 130)
         except (DataError, OSError, MemoryError) as err:
             if debug_enabled():
                 raise
@@ -77,38 +88,10 @@ def _one_line(err: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------------- checks
 
 
-def check_output_file(out: Path, *, inputs: tuple = (), option: str = "--out") -> Path:
-    """``out`` can be written (its folder exists or can be made, is writable) and is none of the inputs."""
-    out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"{option} {out}: is a folder; give a file name, e.g. {out / 'predictions.jsonl'}")
-    target = out.resolve()
-    for src in inputs:
-        if src is None:
-            continue
-        src = Path(src).resolve()
-        if target == src or (src.is_dir() and src in target.parents):
-            raise UsageError(f"{option} {out}: would overwrite the input {src}; write somewhere else")
-    check_writable_folder(out.parent, option=option)
-    return out
-
-
-def check_output_folder(out: Path, *, option: str = "--out") -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{option} {out}: is a file; this option takes a folder")
-    check_writable_folder(out, option=option)
-    return out
-
-
-def check_writable_folder(folder: Path, *, option: str = "--out") -> None:
-    folder = Path(folder) if str(folder) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".explainrec-write-test."):
-            pass
-    except OSError as err:
-        raise UsageError(f"{option}: cannot write to {folder} ({err.strerror or err})") from None
+# The output checks live in explainrec.folders (the bench, the demo and training use them too); the commands import
+# them from here with the input checks.
+from explainrec.data.readers import data_path  # noqa: E402,F401
+from explainrec.folders import check_output_file, check_output_folder, check_run_folder, check_writable_folder  # noqa: E402,F401
 
 
 def check_input_file(path: Path, *, option: str) -> Path:
@@ -118,13 +101,6 @@ def check_input_file(path: Path, *, option: str) -> Path:
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder; give a file")
     return path
-
-
-def data_path(data: str | None) -> Path | None:
-    """The filesystem path of a ``--data`` value (None for the built-in synthetic data)."""
-    if data is None or data == "synthetic" or str(data).startswith("synthetic:"):
-        return None
-    return Path(data)
 
 
 def stderr_is_terminal() -> bool:

@@ -43,6 +43,11 @@ def runs(tmp_path_factory):
     (root / "file.txt").write_text("not a folder\n")
     (root / "preds").mkdir()
     (root / "preds" / "p.jsonl").write_text(json.dumps({"prediction": "a", "reference": "b"}) + "\n")
+    (root / "preds" / "metrics.json").write_text(json.dumps({"prediction": "a", "reference": "b"}) + "\n")
+    (root / "notes").mkdir()
+    (root / "notes" / "notes.txt").write_text("mine\n")
+    (root / "notes" / "config.yaml").touch()
+    (root / "pair.json").write_text(json.dumps({"user": "u1", "item": "i1", "features": "collar"}))
     return root
 
 
@@ -58,6 +63,7 @@ USAGE = [  # (name, arguments after the fixture folder is known, expected text);
     ("zero steps", TRAIN + ("--out", "{new}", "max_steps=0"), "max_steps: must be >= 1"),
     ("zero epochs", TRAIN + ("--out", "{new}", "epochs=0"), "epochs: must be >= 1"),
     ("text for a number", TRAIN + ("--out", "{new}", "lr=fast"), "lr: expected a number, got 'fast'"),
+    ("NaN for a number", TRAIN + ("--out", "{new}", "lr=nan"), "lr: must be a number, got nan"),
     ("unknown key", TRAIN + ("--out", "{new}", "lerning_rate=1"), "unknown key(s) ['lerning_rate']; allowed:"),
     ("unknown method", ("train", "pepler", "--data", DATA, "--out", "{new}"), "unknown method 'pepler'"),
     ("unknown preset", ("train", "gavamoe", "--data", DATA, "--out", "{new}", "--config", "huge"),
@@ -69,6 +75,16 @@ USAGE = [  # (name, arguments after the fixture folder is known, expected text);
     ("resume, other K", TRAIN + ("--out", "{root}/g", "--resume", "clusters=3"), "clusters: was 2, now 3"),
     ("out replaces the data", ("train", "vae-gmm", "--data", "{root}/data.jsonl", "--out", "{root}/data.jsonl"),
      "is a file; --out takes a folder"),
+    ("out holds the data", ("train", "vae-gmm", "--data", "{root}/data.jsonl", "--out", "{root}"),
+     "would hold or replace the input"),
+    ("out is the current folder", TRAIN + ("--out", ""), "is the current folder"),
+    ("out is the root folder", TRAIN + ("--out", "/"), "is the root folder"),
+    ("overwrite beside other files", TRAIN + ("--out", "{root}/notes", "--overwrite"), "did not write (notes.txt)"),
+    ("resume on other data", ("train", "gavamoe", "--data", DATA + ",seed=7", "--config", "tiny", "--out",
+                              "{root}/g", "--resume"), "--resume on other data"),
+    ("too many clusters", TRAIN + ("--out", "{new}", "clusters=500"), "cannot fill 500 clusters"),
+    ("nothing trainable", TRAIN + ("--out", "{new}", "trainable=,"), "trainable: name at least one"),
+    ("seed too large", TRAIN + ("--out", "{new}", "seed=1180591620717411303424"), "seed: must be <= 4294967295"),
     ("limit 0", ("explain", "--model", "{root}/g", "--data", DATA, "--limit", "0"), "should be greater than or equal to 1"),
     ("unknown split", ("explain", "--model", "{root}/g", "--data", DATA, "--split", "dev"), "unknown split 'dev'"),
     ("out = the data file", ("explain", "--method", "zero-shot", "--model", "tiny", "--data", "{root}/data.jsonl",
@@ -77,6 +93,18 @@ USAGE = [  # (name, arguments after the fixture folder is known, expected text);
                           "{root}/file.txt/p.jsonl"), "cannot write to"),
     ("out is a folder", ("explain", "--method", "zero-shot", "--model", "tiny", "--data", DATA, "--out", "{root}"),
      "is a folder; give a file name"),
+    ("out replaces a result", ("explain", "--method", "zero-shot", "--model", "tiny", "--data", DATA, "--out",
+                               "{root}/preds/p.jsonl"), "already exists"),
+    ("out into the run's model", ("explain", "--model", "{root}/g", "--data", DATA, "--out", "{root}/g/model/p.jsonl"),
+     "would write into the run"),
+    ("resume with nothing to resume", ("explain", "--model", "{root}/g", "--data", DATA, "--out", "{new}.jsonl",
+                                       "--resume"), "no interrupted explain"),
+    ("pair file: features as text", ("explain", "--model", "{root}/g", "--pair-file", "{root}/pair.json"),
+     "field 'features' must be a list of words"),
+    ("tune-decoding out = the data", ("tune-decoding", "{root}/g", "--data", "{root}/data.jsonl", "--out",
+                                      "{root}/data.jsonl"), "would overwrite the input"),
+    ("evaluate replaces its input", ("evaluate", "{root}/preds/metrics.json", "--no-bertscore"),
+     "would overwrite the input"),
     ("user without item", ("explain", "--model", "{root}/g", "--user", "u1"), "needs both --user and --item"),
     ("bad precision", ("explain", "--model", "{root}/g", "--user", "u1", "--item", "i1", "--precision", "int4"),
      "--precision 'int4'"),
@@ -102,12 +130,21 @@ def _args(args, root, tmp_path):
     return [a.format(root=root, new=tmp_path / "new") for a in args]
 
 
+def contents(folder) -> dict:
+    """Every path under ``folder`` with the hash of its bytes: "untouched" means the same contents, not names."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*")) if p.name != "p.jsonl.parts"}
+
+
 @pytest.mark.parametrize("name, args, expected", USAGE, ids=[c[0] for c in USAGE])
-def test_usage_errors(runs, tmp_path, name, args, expected):
-    before = sorted(p.name for p in (runs / "g").rglob("*"))
+def test_usage_errors(runs, tmp_path, name, args, expected, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = contents(runs)
     _one_line_error(_run(*_args(args, runs, tmp_path)), 2, expected)
-    assert not (tmp_path / "new" / "stage1").exists()  # checked before any work started
-    assert sorted(p.name for p in (runs / "g").rglob("*")) == before  # the existing run untouched
+    assert not (tmp_path / "new").exists()  # checked before any work started
+    assert contents(runs) == before  # every existing file untouched, byte for byte
 
 
 @pytest.mark.parametrize("name, args, expected", FAILURES, ids=[c[0] for c in FAILURES])

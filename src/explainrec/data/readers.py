@@ -66,6 +66,14 @@ SYNTHETIC_ALIASES = {
 # entry point
 
 
+def data_path(data: str | None) -> Path | None:
+    """The filesystem path of a ``--data`` value (None for the built-in synthetic data): what an output must never
+    replace or be written into."""
+    if data is None or data == "synthetic" or str(data).startswith("synthetic:"):
+        return None
+    return Path(data)
+
+
 def load_dataset(
     source: str | Path,
     *,

@@ -51,6 +51,16 @@ TOLERANCE = 1.0
 JOINT_RULES = ("mrr@overlap-1",)
 
 
+def check_search(rule: str, grid) -> None:
+    """A search rule and grid :func:`choose_decoding` takes (asked before any model is loaded)."""
+    from explainrec.config import ConfigError
+
+    if rule not in (*RULES, *JOINT_RULES):
+        raise ConfigError(f"rule {rule!r}: expected one of {', '.join((*RULES, *JOINT_RULES))}")
+    if isinstance(grid, str) and grid not in GRIDS:
+        raise ConfigError(f"grid {grid!r}: expected one of {', '.join(GRIDS)}")
+
+
 def choose_decoding(explainer, dataset, base: GenerationConfig, *, grid=DEFAULT_GRID, limit: int | None = 100,
                     rule: str = "rougeL+bertscore", bertscore: bool = True, echo=print) -> dict:
     """Score every candidate (``base`` with the grid's changes) on the valid split; return the record of the choice
@@ -60,11 +70,8 @@ def choose_decoding(explainer, dataset, base: GenerationConfig, *, grid=DEFAULT_
     from explainrec.methods.explain import explain_split
     from explainrec.metrics import evaluate
 
-    if rule not in (*RULES, *JOINT_RULES):
-        raise ConfigError(f"rule {rule!r}: expected one of {', '.join((*RULES, *JOINT_RULES))}")
+    check_search(rule, grid)
     if isinstance(grid, str):
-        if grid not in GRIDS:
-            raise ConfigError(f"grid {grid!r}: expected one of {', '.join(GRIDS)}")
         grid = GRIDS[grid]
     if not grid or grid[0] != {}:
         raise ConfigError("a decoding grid starts with greedy ({}): the baseline every candidate is judged against")

@@ -92,6 +92,12 @@ def find_model_folder(path: str | Path) -> Path:
                     f"{folder}: written by explainrec 0.1 ({legacy}, no {MANIFEST}); this version reads only the "
                     f"new model-folder format: train it again with `{command} --data DATA --out NEW_RUN`")
     if (path / "checkpoint").is_dir():
+        from explainrec.folders import lock_holder
+
+        holder = lock_holder(path)
+        if holder is not None:  # --resume now would be a second writer
+            raise ModelFolderError(f"{path}: is still being trained (pid {holder.get('pid')}: "
+                                   f"`{holder.get('command', '?')}`); its model appears when that run ends")
         raise ModelFolderError(f"{path}: holds a training checkpoint but no finished model (training was "
                                f"interrupted?): continue it with `explainrec train METHOD ... --out {path} --resume`")
     raise ModelFolderError(f"{path}: not a run or model folder (no {MANIFEST} in it or in model/)")

@@ -40,30 +40,53 @@ def holds_run(out: Path) -> bool:
     return any((out / m).exists() for m in RUN_MARKERS)
 
 
-def prepare_out(out: Path, *, resume: bool, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Make ``out`` ready for training, refusing to lose work: see the module docstring."""
+# What explainrec wrote into run folders before they carried an ownership marker: a folder from then is adopted
+# (its entries counted as the tool's) when it holds a run; anything else in it stays the user's.
+_LEGACY_FILES = (*RUN_MARKERS, "train_log.jsonl", "loss_curves.png", "curve", "manifest.json", "history.json",
+                 "metrics.json", "clusters.csv", "latent.png", "loss.png")
+
+
+def legacy_entries(names: list[str]) -> list[str]:
+    """Of a marker-less folder's entries, those an older explainrec's training wrote (none unless it holds a run)."""
+    from explainrec.methods import registry
+
+    if not any(n in RUN_MARKERS for n in names):
+        return []
+    stages = {use.folder for m in registry.all_methods() for use in m.stages(m.config_class())}
+    return [n for n in names if n in _LEGACY_FILES or n in stages or n.startswith((".checkpoint.", ".model."))]
+
+
+def check_out_policy(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Refuse what the flags do not allow (a run continued without --resume, replaced without --overwrite, a
+    --resume with nothing to continue); return whether a run is there to replace."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: is a file; --out takes a folder")
-    for src in inputs:
-        src = Path(src).resolve()
-        target = out.resolve()
-        if src == target or target in src.parents:
-            raise RunFolderError(f"--out {out}: would hold or replace the input {src}; choose another folder")
-    replace = False
     if out.exists() and holds_run(out):
         if not (resume or overwrite):
             raise RunFolderError(f"{out}: already holds a run ({', '.join(m for m in RUN_MARKERS if (out / m).exists())}); "
                                  "pass --resume to continue it or --overwrite to start it again")
-        replace = overwrite
-    elif resume and not (out / CONFIG_FILE).exists():
+        return overwrite
+    if resume and not (out / CONFIG_FILE).exists():
         raise RunFolderError(f"{out}: --resume, but there is no run to continue (no {CONFIG_FILE}); drop --resume")
+    return False
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for training, refusing to lose work: see the module docstring.
+
+    ``overwrite`` removes only what explainrec wrote there (:func:`explainrec.folders.remove_owned`).
+    """
+    from explainrec.folders import remove_owned
+
+    out = Path(out)
+    replace = check_out_policy(out, resume=resume, overwrite=overwrite)
     state = _process()
     if state.is_main_process:
         if replace:
-            shutil.rmtree(out)
+            remove_owned(out)
         out.mkdir(parents=True, exist_ok=True)
         _check_writable(out)
     state.wait_for_everyone()
@@ -79,14 +102,26 @@ def _check_writable(folder: Path) -> None:
         raise RunFolderError(f"{folder}: not writable ({err.strerror or err})") from None
 
 
-def write_run_config(out: Path, method: Method, cfg: Config, *, resume: bool) -> None:
-    """``RUN/config.yaml``; on resume the saved one must agree with ``cfg`` except for budgets."""
+def data_identity(dataset) -> dict:
+    """What ``RUN/config.yaml`` records of the data a run trains on: its name, the fingerprint of its id maps and
+    of its content (every interaction, pair, text and split), so that ``--resume`` never continues on other data."""
+    from explainrec.data.schema import content_fingerprint
+    from explainrec.methods.model_folder import data_record
+
+    return {**data_record(dataset), "content": content_fingerprint(dataset)}
+
+
+def write_run_config(out: Path, method: Method, cfg: Config, *, resume: bool, dataset=None) -> None:
+    """``RUN/config.yaml``; on resume the saved one must agree with ``cfg`` except for budgets, and with the data
+    (when both record it)."""
     import yaml
 
     from explainrec.io import atomic_write_text
 
     file = out / CONFIG_FILE
     record = {"method": method.name, "config": cfg.to_dict()}
+    if dataset is not None:
+        record["data"] = data_identity(dataset)
     if resume and file.exists():
         try:
             saved = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
@@ -99,6 +134,11 @@ def write_run_config(out: Path, method: Method, cfg: Config, *, resume: bool) ->
             raise RunFolderError(f"{file}: --resume with other settings than the run was started with "
                                  f"({'; '.join(diffs)}); only budgets ({', '.join(type(cfg).RESUMABLE) or 'none'}) "
                                  "may change -- start a new run with --out elsewhere or --overwrite")
+        was, now = (saved.get("data") or {}), record.get("data") or {}
+        if was.get("content") and now.get("content") and was["content"] != now["content"]:
+            raise RunFolderError(f"{file}: --resume on other data: the run was started on {was.get('name')!r} "
+                                 f"(content {was['content']}), this is {now.get('name')!r} (content {now['content']}); "
+                                 "resume with the data it was started with, or start a new run elsewhere")
     state = _process()
     if state.is_main_process:
         atomic_write_text(file, yaml.safe_dump(record, sort_keys=False))
@@ -160,12 +200,77 @@ def ensure_stage(use: StageUse, dataset, run_dir: Path, *, resume: bool, progres
     return folder
 
 
+def check_training(method: Method, dataset, cfg: Config) -> None:
+    """Everything training would reject (the method's and each stage's :meth:`~Method.check`), before any work."""
+    from explainrec.methods import registry
+
+    method.check(dataset, cfg)
+    for use in method.stages(cfg):
+        registry.get(use.method).check(dataset, use.config)
+
+
+def run_session(out: Path, command: str):
+    """The run folder's writer session (lock + ownership marker) on the main process; nothing on the others,
+    which never write."""
+    from contextlib import nullcontext
+
+    from explainrec.folders import session
+
+    if not _process().is_main_process:
+        return nullcontext(out)
+    return session(out, kind="run", accept=("harness",), command=command, adopt=legacy_entries)
+
+
+def _worth_keeping(out: Path) -> bool:
+    """Whether a run folder holds trained work (a checkpoint or model of the run or of one of its stages)."""
+    folders = [out] + [p for p in out.iterdir() if p.is_dir()] if out.is_dir() else []
+    return any((f / name).exists() for f in folders for name in ("checkpoint", "model", ".checkpoint.old"))
+
+
+def _undo_aborted_start(out: Path, before: set[str]) -> None:
+    """A start that failed before anything was trained removes what it wrote (config.yaml, empty stage folders),
+    so that the corrected command runs without --resume or --overwrite."""
+    from explainrec.folders import entries
+
+    if _worth_keeping(out) or not _process().is_main_process:
+        return
+    for name in set(entries(out)) - before:
+        path = out / name
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def train_run(method: Method, dataset, out: str | Path, cfg: Config, *, resume: bool = False,
-              overwrite: bool = False, progress: bool = True, echo=print, inputs: tuple[Path, ...] = ()):
-    """Train ``method`` into ``out`` (stages first); return its :class:`~explainrec.methods.base.Trained`."""
+              overwrite: bool = False, progress: bool = True, echo=print, inputs: tuple[Path, ...] = (),
+              command: str | None = None):
+    """Train ``method`` into ``out`` (stages first); return its :class:`~explainrec.methods.base.Trained`.
+
+    Before any work: the folder may be a run folder (:func:`explainrec.folders.check_run_folder`, ``inputs``: the
+    data and config files it must not hold) and the data and settings pass :func:`check_training`. Then, holding
+    the folder's lock, the run starts, continues or replaces what explainrec wrote there. A start that fails before
+    anything was trained leaves the folder as it found it.
+    """
+    from explainrec.folders import check_run_folder, entries
+
     out = Path(out)
-    prepare_out(out, resume=resume, overwrite=overwrite, inputs=inputs)
-    write_run_config(out, method, cfg, resume=resume)
-    stages = {use.folder: ensure_stage(use, dataset, out, resume=resume, progress=progress, echo=echo)
-              for use in method.stages(cfg)}
-    return method.train(dataset, out, cfg, stages=stages, resume=resume, progress=progress, echo=echo)
+    check_run_folder(out, inputs=inputs)
+    check_out_policy(out, resume=resume, overwrite=overwrite)
+    check_training(method, dataset, cfg)
+    created = not out.exists()
+    try:
+        with run_session(out, command or f"explainrec train {method.name} --out {out}"):
+            before = set(entries(out))
+            try:
+                prepare_out(out, resume=resume, overwrite=overwrite)
+                if overwrite:
+                    before = set(entries(out))
+                write_run_config(out, method, cfg, resume=resume, dataset=dataset)
+                stages = {use.folder: ensure_stage(use, dataset, out, resume=resume, progress=progress, echo=echo)
+                          for use in method.stages(cfg)}
+                return method.train(dataset, out, cfg, stages=stages, resume=resume, progress=progress, echo=echo)
+            except BaseException:
+                _undo_aborted_start(out, before)
+                raise
+    except BaseException:
+        if created and out.is_dir() and not entries(out) and _process().is_main_process:
+            shutil.rmtree(out, ignore_errors=True)  # a folder this call made, left empty: as if it never ran
+        raise

@@ -96,6 +96,10 @@ def save_checkpoint(
         # The marker goes last: a folder without it was never finished.
         _write_json(tmp / MARKER_FILE, {"format": FORMAT_VERSION, "files": files,
                                         "sha256": {name: sha256_file(tmp / name) for name in files}})
+    from explainrec import interrupt
+
+    label = next((f"{k} {state[k]}" for k in ("step", "epoch") if k in state), "saved")
+    interrupt.checkpoint_written(path, label)  # a stop from now on loses nothing: it may end the command at once
     return path
 
 

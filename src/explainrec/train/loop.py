@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from explainrec import interrupt
 from explainrec.io import atomic_write_jsonl
 from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from explainrec.train.loop_utils import progress
@@ -141,13 +142,17 @@ def run_loop(
     if resume and checkpoint_exists(ckpt_dir):  # an incomplete or damaged one raises CheckpointError
         state = load_checkpoint(ckpt_dir, model=raw, optimizer=optimizer, expected_config=cfg.to_dict(),
                                 ignore_config_keys=getattr(cfg, "RESUMABLE", RESUMABLE_KEYS), generators={"extra": gen})
-        echo(f"[{tag}] resumed from {ckpt_dir}: epoch {state['epoch']}, batch {state['batch_in_epoch']}, step {state['step']}")
+        echo(f"[{tag}] resumed from {ckpt_dir}: continuing after step {state['step']} (epoch {state['epoch'] + 1}, "
+             f"batch {state['batch_in_epoch']})")
         # the budget is judged against this call's settings (a resume may raise it); a spent one takes no step more
         state["budget_hit"] = ((cfg.max_steps is not None and state["step"] >= cfg.max_steps)
                                or (cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes))
         if state["budget_hit"]:
             echo(f"[{tag}] the budget is already spent (step {state['step']}, {state['seconds'] / 60:.1f} min): "
                  "nothing to train; raise max_steps / max_minutes to continue")
+
+    elif resume:
+        echo(f"[{tag}] --resume: no checkpoint in {ckpt_dir} yet; training starts at step 1")
 
     def checkpoint() -> None:
         if acc.is_main_process:
@@ -195,6 +200,7 @@ def run_loop(
             if not acc.sync_gradients:
                 continue
             state["step"] += 1
+            interrupt.mark_unsaved()  # a SIGINT/SIGTERM from now on waits for the checkpoint below
             state["seconds"] = time.perf_counter() - start
             if state["step"] % cfg.log_every == 0 or state["step"] == 1:
                 row = {"step": state["step"], "epoch": epoch + state["batch_in_epoch"] / len(loader),
@@ -214,9 +220,14 @@ def run_loop(
                 checkpoint()
                 validated()
             over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
-            if acc.num_processes > 1:  # clocks differ between processes: all must stop at the same step
-                flag = torch.tensor(float(over_time), device=acc.device)
-                over_time = bool(acc.reduce(flag, reduction="sum").item() > 0)
+            signalled = interrupt.requested() is not None
+            if acc.num_processes > 1:  # clocks and signals differ between processes: all must stop at the same step
+                flags = torch.tensor([float(over_time), float(signalled)], device=acc.device)
+                over_time, signalled = (bool(x > 0) for x in acc.reduce(flags, reduction="sum").tolist())
+            if signalled:  # Ctrl-C / SIGTERM: keep this step, then stop (the message names the checkpoint)
+                checkpoint()
+                acc.wait_for_everyone()
+                raise interrupt.stopped()
             over_steps = cfg.max_steps is not None and state["step"] >= cfg.max_steps
             if over_time or over_steps:
                 state["budget_hit"] = True
