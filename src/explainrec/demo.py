@@ -14,7 +14,6 @@ training pairs (12 steps of 4), so the table shows the pipeline working end to e
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -89,12 +88,35 @@ def run_demo(
     Returns ``{"zero-shot": done, "gavamoe": done}`` with each run's ``done.json`` content (metrics, timings,
     generation throughput). ``steps`` bounds GaVaMoE's stage-2 training.
     """
-    from explainrec.bench.runner import run_one
+    from explainrec.bench.runner import check_run_dir
     from explainrec.data import load_dataset
+    from explainrec.folders import session
+    from explainrec.methods.runs import check_training
 
     out = Path(out)
     specs = demo_specs(model_name, n=n, batch_size=batch_size, max_new_tokens=max_new_tokens, steps=steps)
+    for method, spec in specs.items():  # everything checked before any work: neither run starts if one cannot
+        check_run_dir(out / method)  # never adopt (or, with --fresh, delete) a run the demo did not make
+        spec.config(f"demo {method}")
     ds = load_dataset(DEMO_DATA)
+    for spec in specs.values():
+        check_training(spec.method_entry(), ds, spec.config())
+    with session(out, kind="demo", command=f"explainrec demo --out {out}", adopt=_legacy_demo):
+        return _run_demo(out, specs, ds, model_name=model_name, n=n, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, steps=steps, bertscore=bertscore, fresh=fresh,
+                         progress=progress, echo=echo)
+
+
+def _legacy_demo(names: list[str]) -> list[str]:
+    """A demo folder from before ownership markers: its two runs and its table."""
+    return [n for n in names if n in (BASELINE, TRAINED, "comparison.md")]
+
+
+def _run_demo(out: Path, specs: dict, ds, *, model_name, n, batch_size, max_new_tokens, steps, bertscore, fresh,
+              progress, echo) -> dict:
+    from explainrec.bench.runner import HARNESS, legacy_run, run_one
+    from explainrec.folders import remove_owned, session
+
     echo(f"[demo] built-in synthetic data ({DEMO_DATA}): {ds.n_users} users, {ds.n_items} items, "
          f"{len(ds.interactions)} interactions, {len(ds.split_examples('train'))} training pairs")
     echo(f"[demo] explaining the same {n} test pairs with zero-shot {model_name} and a GaVaMoE trained here "
@@ -104,13 +126,15 @@ def run_demo(
     for method, spec in specs.items():
         run_dir = out / method
         if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
+            with session(run_dir, kind=HARNESS, command="explainrec demo --fresh", adopt=legacy_run):
+                remove_owned(run_dir, option="--fresh")  # only what the demo wrote there
         if (run_dir / "done.json").exists() and (run_dir / "run.json").exists() \
                 and spec.matches(json.loads((run_dir / "run.json").read_text())):
             reused.append(method)
         echo(f"\n[demo] {LABELS[method]} -> {run_dir}")
         t = time.perf_counter()
-        results[method] = run_one(spec, run_dir, dataset=ds, bertscore=bertscore, progress=progress, echo=echo)
+        results[method] = run_one(spec, run_dir, dataset=ds, bertscore=bertscore, progress=progress, echo=echo,
+                                  command="explainrec demo")
         wall[method] = time.perf_counter() - t
 
     table = comparison_table({LABELS[m]: r for m, r in results.items()})

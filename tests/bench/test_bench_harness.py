@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -274,23 +275,86 @@ def test_interrupt_then_rerun_resumes(tmp_path, monkeypatch, write_config):
     assert (run / "gavamoe" / "seed0" / "stage1" / "model" / "model.safetensors").stat().st_mtime_ns == stage1_weights
 
 
-def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, write_config):
-    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"])
+def test_a_failing_run_is_recorded_keeps_its_checkpoint_and_the_others_finish(tmp_path, write_config, monkeypatch):
+    """A run that fails after its training wrote a checkpoint: error.txt with the traceback, the other runs finish,
+    and the checkpoint stays although keep_checkpoints is false (its rerun resumes from it; only a done run's
+    checkpoints go)."""
+    import explainrec.methods.gavamoe.stage1_eval as stage1_eval
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the disk refused the cluster table")
+
+    monkeypatch.setattr(stage1_eval, "evaluate_and_write", fail)
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"], keep_checkpoints=False)
     cfg = yaml.safe_load(config.read_text())
-    cfg["runs"] = {"broken": {"method": "vae-gmm", "options": {"clusters": 100000}}, **cfg["runs"]}
+    cfg["runs"] = {"broken": {"method": "vae-gmm", "options": {"clusters": 2, "epochs": 1, "pretrain_epochs": 1}},
+                   **cfg["runs"]}
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     result = CliRunner().invoke(app, ["bench", str(config)])
     assert result.exit_code == 1
     assert "FAILED synthetic/broken/seed0" in result.output
     broken = tmp_path / "out" / "synthetic" / "broken" / "seed0"
-    assert "cannot fill 100000 clusters" in (broken / "error.txt").read_text()
+    assert "the disk refused the cluster table" in (broken / "error.txt").read_text()
     assert "Traceback" in (broken / "error.txt").read_text()
+    assert (broken / "stage" / "checkpoint" / "COMPLETE").is_file()  # a failed run's checkpoint is kept
     assert (tmp_path / "out" / "synthetic" / "zero-shot" / "seed0" / "done.json").exists()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Failed runs" in report and "synthetic/broken/seed0" in report
     # still failing on a rerun, the finished run untouched
     again = CliRunner().invoke(app, ["bench", str(config)])
     assert again.exit_code == 1 and "finished before, skipped" in again.output
+
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"runs": {"broken": {"method": "vae-gmm", "options": {"clusters": 100000}}}}, "cannot fill 100000 clusters"),
+    ({"split": "dev"}, "split: unknown split 'dev'"),
+    ({"tune_decoding": {"rule": "bogus"}}, "tune_decoding.rule: expected one of"),
+    ({"limit": 0}, "field 'limit' must be a whole number >= 1"),
+], ids=["stage-1 clusters", "split", "decoding rule", "limit"])
+def test_what_a_run_would_reject_stops_the_bench_before_any_run(tmp_path, write_config, change, expected):
+    """Docs: a bad config exits 2 before any work -- not after the first runs have trained."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"])
+    cfg = yaml.safe_load(config.read_text())
+    if "runs" in change:
+        cfg["runs"] = {**change["runs"], **cfg["runs"]}
+    else:
+        cfg.update(change)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine\n")
+    before = _digest(tmp_path / "out")
+    result = CliRunner().invoke(app, ["bench", str(config)])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert _digest(tmp_path / "out") == before  # no run started, nothing written
+
+
+def test_two_benches_on_one_output_the_second_is_refused_naming_the_first(tmp_path, write_config):
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["zero-shot"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from explainrec.folders import writer_lock\n"
+                               "with writer_lock(sys.argv[1], command='explainrec bench other.yaml'):\n"
+                               "    print('held', flush=True); time.sleep(120)", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(app, ["bench", str(config)])
+        assert result.exit_code == 1, result.output
+        assert f"pid {holder.pid} (`explainrec bench other.yaml`" in result.output and "one writer" in result.output
+        assert not (tmp_path / "out" / "synthetic").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert CliRunner().invoke(app, ["bench", str(config)]).exit_code == 0  # the holder gone, its lock is free
 
 
 def test_dry_run_and_only(tmp_path, write_config):

@@ -107,6 +107,16 @@ def load_config(path: str | Path) -> dict:
             if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"{path}: {key}.{name}: names are folder names (no '/', no leading '.')")
     _check_seeds(cfg.get("seeds"), f"{path}: field 'seeds'")
+    from explainrec.methods.explain import normalise_split
+
+    try:
+        cfg["split"] = normalise_split(cfg.get("split", "test"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: split: {err}") from None
+    for key in ("bertscore", "keep_checkpoints"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{path}: field '{key}' must be true or false, got {cfg[key]!r}")
+    _check_count(cfg.get("limit"), f"{path}: field 'limit'")
     jobs = cfg.get("jobs")
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: field 'jobs' must be a positive integer (runs at a time)")
@@ -125,16 +135,32 @@ def load_config(path: str | Path) -> dict:
         raise ConfigError(f"{path}: tune_decoding.rule: expected one of {', '.join((*RULES, *JOINT_RULES))}")
     if tune.get("grid", "default") not in GRIDS:
         raise ConfigError(f"{path}: tune_decoding.grid: expected one of {', '.join(GRIDS)}")
+    _check_count(tune.get("limit"), f"{path}: tune_decoding.limit")
     sensitivity = cfg.get("sensitivity") or {}
     if not isinstance(sensitivity, dict) or set(sensitivity) - {"n", "seed", "precision"}:
         raise ConfigError(f"{path}: sensitivity: expected a mapping with keys among ['n', 'precision', 'seed']")
+    _check_count(sensitivity.get("n"), f"{path}: sensitivity.n")
+    _check_count(sensitivity.get("seed"), f"{path}: sensitivity.seed", least=0)
+    from explainrec.methods.model_folder import PRECISIONS
+
+    if sensitivity.get("precision", "fp32") not in PRECISIONS:
+        raise ConfigError(f"{path}: sensitivity.precision: expected one of {', '.join(PRECISIONS)}")
     alignment = cfg.get("alignment") or {}
     allowed = {"limit", "explanations", "zero_shot", "catalogue_max", "max_new_tokens"}
     if not isinstance(alignment, dict) or set(alignment) - allowed:
         raise ConfigError(f"{path}: alignment: expected a mapping with keys among {sorted(allowed)}")
+    for key in ("limit", "catalogue_max", "max_new_tokens"):
+        _check_count(alignment.get(key), f"{path}: alignment.{key}")
+    _check_count(alignment.get("explanations"), f"{path}: alignment.explanations", least=0)
     _check_experiments(cfg, path)
     cfg["_path"] = str(path)
     return cfg
+
+
+def _check_count(value, where: str, least: int = 1) -> None:
+    """An optional whole number of at least ``least`` (a limit, a count, a seed)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+        raise ConfigError(f"{where} must be a whole number >= {least}, got {value!r}")
 
 
 def _check_seeds(seeds, where: str) -> None:

@@ -27,6 +27,7 @@ from explainrec.bench.config import PlannedRun, describe, load_config, out_dir, 
 from explainrec.bench.report import write_report
 from explainrec.bench.runner import run_one, stage_keys
 from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, is_finished, machine_info, run_state
+from explainrec.interrupt import on_signals
 from explainrec.io import atomic_write_text
 
 # With --jobs, another worker starts only while this much memory is free (a GaVaMoE run on SmolLM2-135M peaks near
@@ -89,20 +90,33 @@ def stage_sources(p: PlannedRun, planned: list[PlannedRun]) -> dict[str, Path]:
     return found
 
 
+def record_error(run_dir: Path, text: str) -> None:
+    """``RUN/error.txt`` (the run folder's own file); left out when another process holds the folder."""
+    from explainrec.folders import FolderBusy, writing_into
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with writing_into(run_dir, command="explainrec bench"):
+            atomic_write_text(run_dir / ERROR_FILE, text)
+    except FolderBusy:
+        pass
+
+
 def execute(p: PlannedRun, *, bertscore: bool = True, progress: bool = False, stages: dict[str, Path] | None = None,
-            keep_checkpoints: bool = True, echo=print) -> Outcome:
+            keep_checkpoints: bool = True, echo=print, dataset=None) -> Outcome:
     """Run one planned run; an exception becomes ``RUN/error.txt`` and a "failed" outcome (Ctrl-C propagates).
 
     ``keep_checkpoints=False`` deletes the training checkpoints once the run is done: only a resumed training
-    reads them, and a done run is never trained again (``model/`` holds the result).
+    reads them, and a done run is never trained again (``model/`` holds the result). A failed run keeps them: they
+    are what its rerun resumes from. ``dataset``: the run's data, already loaded (else loaded here).
     """
     t0 = time.perf_counter()
     error_path = p.run_dir / ERROR_FILE
     try:
-        run_one(p.spec, p.run_dir, bertscore=bertscore, progress=progress, echo=echo, stage_sources=stages)
+        run_one(p.spec, p.run_dir, bertscore=bertscore, progress=progress, echo=echo, stage_sources=stages,
+                dataset=dataset)
     except Exception as exc:  # noqa: BLE001 -- one run's failure must not stop the others
-        p.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(error_path, traceback.format_exc())
+        record_error(p.run_dir, traceback.format_exc())
         last = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return Outcome(run_key(p), "failed", time.perf_counter() - t0, last)
     error_path.unlink(missing_ok=True)
@@ -119,14 +133,17 @@ def _worker(p: PlannedRun, bertscore: bool, stages: dict[str, Path], keep_checkp
     """One run in a worker process, its output going to ``log_path`` (the parent prints start/end lines)."""
     import contextlib
 
+    from explainrec.interrupt import on_signals
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # on_signals: the parent's terminate() (SIGTERM) lets a training finish its step and checkpoint before it ends
     with open(log_path, "a", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+            contextlib.redirect_stderr(log), on_signals():
         def echo(*args):
             print(*args, file=log, flush=True)
 
@@ -149,6 +166,8 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
 
     ``jobs``: runs at a time (default: the config's ``jobs``, else 1); more than one runs each in a spawned process.
     """
+    from explainrec.folders import check_run_folder, session
+
     cfg = load_config(config)
     jobs = jobs or cfg.get("jobs") or 1
     planned = plan(cfg)
@@ -158,6 +177,7 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
 
         raise ConfigError(f"{config}: --only {' '.join(only)} matches none of the {len(planned)} runs")
     out = out_dir(cfg)
+    check_run_folder(out, inputs=[Path(config), *input_paths(cfg)], option=f"{config}: out")
     command = command or " ".join(["explainrec", "bench", str(config)])
     if dry_run:
         lines = describe(chosen).splitlines()
@@ -166,11 +186,54 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
             echo(f"[{run_state(p):>7}] {line}" + "".join(f"  ({f} from {src})" for f, src in share.items()))
         echo(f"{len(chosen)} run(s) of {len(planned)}; folders under {out}; report: {out / 'report.md'}")
         return BenchResult()
-    if report_only:  # with --only, a report on the chosen runs alone (e.g. one batch of a larger grid)
-        report = write_report(cfg, chosen, out)
-        echo(f"[bench] wrote {report}")
-        return BenchResult(report=report)
+    with session(out, kind="bench", command=command):  # one bench per output folder
+        if report_only:  # with --only, a report on the chosen runs alone (e.g. one batch of a larger grid)
+            report = write_report(cfg, chosen, out)
+            echo(f"[bench] wrote {report}")
+            return BenchResult(report=report)
+        datasets = check_before_work(chosen, cfg)
+        return _run_all(cfg, planned, chosen, out, jobs, command, datasets, progress, only, config, echo)
 
+
+def input_paths(cfg: dict) -> list[Path]:
+    """The files and folders a bench config reads (its datasets): its output folder must hold none of them."""
+    from explainrec.data.readers import data_path
+
+    return [p for p in (data_path(str(d)) for d in cfg["datasets"].values()) if p is not None]
+
+
+def check_before_work(chosen: list[PlannedRun], cfg: dict) -> dict[str, object]:
+    """Everything the chosen runs still to do would reject, before any of them starts: each run folder is the
+    harness's (:func:`~explainrec.bench.runner.check_run_dir`), each dataset loads, and each run's method (and its
+    stages) accepts that data and its settings, with the split to explain (and the valid split to tune on) holding
+    explained pairs. Returns the loaded datasets by spec (the sequential runs reuse them)."""
+    from explainrec.bench.runner import check_run_dir
+    from explainrec.data import load_dataset
+    from explainrec.data.schema import DataError
+    from explainrec.methods.runs import check_training
+
+    datasets: dict[str, object] = {}
+    for p in chosen:
+        if is_finished(p):
+            continue
+        where = f"{run_key(p)}"
+        check_run_dir(p.run_dir)
+        if p.spec.data not in datasets:
+            datasets[p.spec.data] = load_dataset(p.spec.data)
+        ds = datasets[p.spec.data]
+        method = p.spec.method_entry()
+        try:
+            check_training(method, ds, p.spec.config())
+        except DataError as err:
+            raise type(err)(f"{where}: {err}") from None
+        needs = ([p.spec.split] if method.explains else []) + (["valid"] if p.spec.tune_decoding else [])
+        for split in needs:
+            if not ds.split_examples(split):
+                raise DataError(f"{where}: dataset {ds.name!r} has no explained pairs in split {split!r} to explain")
+    return datasets
+
+
+def _run_all(cfg, planned, chosen, out, jobs, command, datasets, progress, only, config, echo) -> BenchResult:
     result = BenchResult()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -179,19 +242,18 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
                 "only": only, "jobs": jobs, "machine": machine}
     echo(f"[bench] {cfg.get('name', 'bench')}: {len(chosen)} run(s), {jobs} at a time, folders under {out}")
     interrupted = False
-    restore = _sigterm_as_interrupt()
     try:
-        if jobs <= 1:
-            _run_sequential(chosen, planned, cfg, result, t0, progress, echo)
-        else:
-            _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo)
+        with on_signals():  # SIGTERM (kill, a scheduler's stop) too: workers stopped, the log line written
+            if jobs <= 1:
+                _run_sequential(chosen, planned, cfg, result, t0, progress, echo, datasets)
+            else:
+                _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo)
     except KeyboardInterrupt:
         interrupted = True
         echo(f"[bench] interrupted after {fmt_seconds(time.perf_counter() - t0)}; "
              "run the same command again to resume (finished runs are kept)")
         raise
     finally:
-        restore()
         result.seconds = time.perf_counter() - t0
         counts = {s: sum(o.status == s for o in result.outcomes) for s in ("done", "skipped", "failed")}
         log_line.update(seconds=round(result.seconds, 1), interrupted=interrupted, **counts,
@@ -208,24 +270,6 @@ def run_bench(config: str | Path, *, only: list[str] | None = None, jobs: int | 
     return result
 
 
-def _sigterm_as_interrupt():
-    """Make SIGTERM (kill, a scheduler's stop) end the bench like Ctrl-C: workers stopped, the log line written.
-
-    Returns the function that puts the previous handler back. Only the main thread may set handlers.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def _end_line(o: Outcome, p: PlannedRun) -> str:
     if o.status == "failed":
         return f"FAILED after {fmt_seconds(o.seconds)}: {o.error}"
@@ -240,7 +284,7 @@ def _end_line(o: Outcome, p: PlannedRun) -> str:
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 
 
-def _run_sequential(chosen, planned, cfg, result, t0, progress, echo) -> None:
+def _run_sequential(chosen, planned, cfg, result, t0, progress, echo, datasets=None) -> None:
     n = len(chosen)
     for i, p in enumerate(chosen, 1):
         key, state = run_key(p), run_state(p)
@@ -252,7 +296,8 @@ def _run_sequential(chosen, planned, cfg, result, t0, progress, echo) -> None:
         echo(f"[bench] {i}/{n} {key}: start {p.spec.method} ({state}) at {fmt_seconds(time.perf_counter() - t0)}"
              + "".join(f", {f} from {src}" for f, src in share.items()))
         o = execute(p, bertscore=cfg.get("bertscore", True), progress=progress, stages=share,
-                    keep_checkpoints=cfg.get("keep_checkpoints", True), echo=echo)
+                    keep_checkpoints=cfg.get("keep_checkpoints", True), echo=echo,
+                    dataset=(datasets or {}).get(p.spec.data))
         result.outcomes.append(o)
         echo(f"[bench] {i}/{n} {key}: {_end_line(o, p)} (bench at {fmt_seconds(time.perf_counter() - t0)})")
 
@@ -330,8 +375,7 @@ def _run_parallel(chosen, planned, cfg, result, t0, jobs, out, echo) -> None:
                     o = fut.result()
                 except BaseException as exc:  # noqa: BLE001 -- a worker that died (killed, out of memory)
                     o = Outcome(run_key(p), "failed", 0.0, f"worker process failed: {type(exc).__name__}: {exc}")
-                    p.run_dir.mkdir(parents=True, exist_ok=True)
-                    atomic_write_text(p.run_dir / ERROR_FILE, o.error + "\n")
+                    record_error(p.run_dir, o.error + "\n")
                 result.outcomes.append(o)
                 echo(f"[bench] {index[o.key]}/{n} {o.key}: {_end_line(o, p)} "
                      f"(bench at {fmt_seconds(time.perf_counter() - t0)})")

@@ -177,7 +177,7 @@ def _train(spec: RunSpec, dataset, run_dir: Path, echo, progress: bool):
         return json.loads(summary_path.read_text()), None
     resume = (run_dir / CONFIG_FILE).exists()
     trained = train_run(spec.method_entry(), dataset, run_dir, spec.config(), resume=resume, progress=progress,
-                        echo=echo)
+                        echo=echo, command=f"explainrec bench (run {run_dir})")
     if not summary_path.exists():  # zero-shot writes no summary of its own
         atomic_write_json(summary_path, trained.summary)
     return trained.summary, trained.explainer
@@ -232,37 +232,76 @@ def is_current(done: dict) -> bool:
     return done.get("evaluation") == EVALUATION_VERSION or done.get("stage") is not None
 
 
+HARNESS = "harness"  # the kind of folder (explainrec.folders) a run of the harness is
+
+
+def legacy_run(names: list[str]) -> list[str]:
+    """A run folder an older harness wrote (before ownership markers): all of it, when it holds its run.json."""
+    return names if "run.json" in names else []
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """``run_dir`` may be a run of the harness: missing, empty, made by the harness (the bench or the demo), or by
+    an older harness (``run.json``); never a folder holding someone else's run or files, which it would adopt as
+    its own result."""
+    from explainrec.folders import FolderError, entries, read_owner
+
+    owner, names = read_owner(run_dir), entries(run_dir)
+    if owner is not None and owner.get("kind") != HARNESS:
+        raise FolderError(f"{run_dir}: holds what `{owner.get('made_by')}` wrote, not a run of the bench or the demo; "
+                          "move it away or choose another output folder")
+    if owner is None and names and "run.json" not in names:
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        raise FolderError(f"{run_dir}: holds files the bench or the demo did not write ({shown}); move them away "
+                          "or choose another output folder")
+
+
 def run_one(spec: RunSpec, run_dir: str | Path, *, dataset=None, bertscore: bool = True, progress: bool = True,
-            echo=print, stage_sources: dict[str, Path] | None = None) -> dict:
+            echo=print, stage_sources: dict[str, Path] | None = None, command: str = "explainrec bench") -> dict:
     """Do whatever of train -> explain -> evaluate ``run_dir`` still lacks; return ``done.json``'s content.
 
     ``stage_sources``: finished stage folders of other runs with equal :func:`stage_keys`, copied in (by folder
-    name) when this run has no such stage yet, so a config's runs fit each shared stage once.
+    name) when this run has no such stage yet, so a config's runs fit each shared stage once. The folder is
+    written holding its lock (one writer), and only when the harness made it (:func:`check_run_dir`).
     """
+    from explainrec.folders import FolderBusy, lock_holder, session
+
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    spec_path = run_dir / "run.json"
+    saved = json.loads(spec_path.read_text()) if spec_path.exists() else None
+    if saved is not None and not spec.matches(saved) and not spec.trains_like(saved):
+        holder = lock_holder(run_dir)
+        if holder is not None:
+            raise FolderBusy(f"{run_dir}: pid {holder.get('pid')} (`{holder.get('command')}`) is writing it; its "
+                             "settings changed, but it is set aside only when that process has ended")
+        kept = _set_aside(run_dir)
+        echo(f"[bench] {run_dir}: settings changed since it ran; starting it again (the old folder is kept as "
+             f"{kept})")
+    with session(run_dir, kind=HARNESS, command=command, adopt=legacy_run):
+        return _run_one(spec, run_dir, dataset=dataset, bertscore=bertscore, progress=progress, echo=echo,
+                        stage_sources=stage_sources)
+
+
+def _run_one(spec: RunSpec, run_dir: Path, *, dataset, bertscore: bool, progress: bool, echo,
+             stage_sources: dict[str, Path] | None) -> dict:
     from explainrec.metrics import evaluate, save_report
     from explainrec.metrics.predictions import load_predictions
 
-    run_dir = Path(run_dir)
     wanted = spec.to_dict()
     spec_path = run_dir / "run.json"
     saved = json.loads(spec_path.read_text()) if spec_path.exists() else None
-    if saved is not None and not spec.matches(saved):
-        if spec.trains_like(saved):
-            kept = _set_aside_outputs(run_dir, spec.outdated_outputs(saved))
-            atomic_write_json(spec_path, wanted)
-            echo(f"[bench] {run_dir}: evaluation settings changed since it ran; its training is kept, the rest is "
-                 f"made again" + (f" (the old outputs are kept in {kept})" if kept else ""))
-        else:
-            kept = _set_aside(run_dir)
-            echo(f"[bench] {run_dir}: settings changed since it ran; starting it again (the old folder is kept as "
-                 f"{kept})")
+    if saved is not None and not spec.matches(saved):  # only what is done with the model changed (see run_one)
+        kept = _set_aside_outputs(run_dir, spec.outdated_outputs(saved))
+        atomic_write_json(spec_path, wanted)
+        echo(f"[bench] {run_dir}: evaluation settings changed since it ran; its training is kept, the rest is "
+             f"made again" + (f" (the old outputs are kept in {kept})" if kept else ""))
     done_path = run_dir / "done.json"
     if done_path.exists():
         done = json.loads(done_path.read_text())
         if is_current(done):
             return done
         echo(f"[bench] {run_dir}: scored by an older evaluation; scoring its texts again")
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, wanted)
     for folder, source in (stage_sources or {}).items():
         if not (run_dir / folder).exists():
