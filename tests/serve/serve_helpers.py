@@ -97,9 +97,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(*args: str, timeout: float = 120.0):
+def running_server(*args: str, timeout: float = 120.0, log=None):
     """``explainrec serve ARGS --port P`` in a subprocess (uvicorn on loopback); yields ``(base_url, process)``
-    once /healthz answers, and stops it (SIGTERM, then SIGKILL) afterwards."""
+    once /readyz answers 200 (the model is loaded), and stops it (SIGTERM, then SIGKILL) afterwards. Its output
+    goes to ``process.stdout`` (a pipe), or to the file ``log`` (for servers that log a lot)."""
     import os
     import subprocess
     import sys
@@ -108,22 +109,24 @@ def running_server(*args: str, timeout: float = 120.0):
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 -- closed below
     process = subprocess.Popen([sys.executable, "-m", "explainrec.cli", "serve", *args, "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                               stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"the server exited with {process.returncode}:\n{process.stdout.read()}")
+                said = process.stdout.read() if log is None else open(log).read()
+                raise AssertionError(f"the server exited with {process.returncode}:\n{said}")
             try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
                     if response.status == 200:
                         break
-            except OSError:
+            except OSError:  # not listening yet, or 503 while loading
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("the server did not answer /healthz in time")
+                raise AssertionError("the server was not ready (/readyz) in time")
             time.sleep(0.2)
         yield base, process
     finally:
@@ -134,3 +137,5 @@ def running_server(*args: str, timeout: float = 120.0):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if log is not None:
+            out.close()

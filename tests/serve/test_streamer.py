@@ -1,6 +1,6 @@
 """The per-batch streamer hook of generate_texts and the batch-aware streamer: each row's pieces add up to exactly
 that row's returned text; the hook is called once per generation batch with the prompts' positions; a batch whose
-requests have all gone stops early."""
+requests have all gone stops early; each row's tokens, finish reason and first-token time are counted."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 from explainrec.data.prompts import build_messages, render_prompt
 from explainrec.data.schema import Pair
 from explainrec.llm.generate import generate_texts
-from explainrec.serve.streamer import BatchAbandoned, BatchStreamer
+from explainrec.serve.streamer import BatchAbandoned, BatchStreamer, RowCount
 
 
 def _prompts(tokenizer, n: int) -> list[str]:
@@ -94,3 +94,19 @@ def test_unfinished_characters_and_outer_spaces_are_held_back():
     streamer.put(torch.tensor([ord("x")]))
     streamer.end()
     assert "".join(got) == "café au lait"
+
+
+def test_each_row_counts_its_prompt_its_tokens_and_why_it_ended():
+    counts = [RowCount(), RowCount()]
+    streamer = BatchStreamer(_Chars(), [None, None], eos_ids={0}, counts=counts, pad_id=9)
+    streamer.put(torch.tensor([[9, 9, 5, 6], [4, 5, 6, 7]]))  # the prompts, left-padded with 9
+    for step in ([ord("a"), ord("b")], [0, ord("c")], [9, ord("d")]):  # row 0 ends (eos 0), then padding
+        streamer.put(torch.tensor(step))
+    streamer.end()
+    assert [c.prompt_tokens for c in counts] == [2, 4]
+    assert [c.new_tokens for c in counts] == [2, 3]  # the eos counts; padding after it does not
+    assert [c.stopped for c in counts] == [True, False]  # row 1 was cut at the step limit
+    assert all(c.counted and c.first_token_at is not None for c in counts)
+    unknown = [RowCount()]
+    BatchStreamer(_Chars(), [None], eos_ids={0}, counts=unknown, pad_id=0).put(torch.tensor([[0, 1]]))
+    assert unknown[0].counted and unknown[0].prompt_tokens is None  # pad == eos: the prompt cannot be told apart

@@ -10,6 +10,14 @@ sampled request runs alone, so that its seed reproduces its text.
 Only waiting requests count against ``queue``: a full queue refuses new ones (:class:`QueueFull`, the API's 429).
 A request whose client leaves or whose time runs out is cancelled: dropped from the queue if it has not started,
 its result discarded if it has; a running batch all of whose requests are gone is stopped at the next token.
+
+Draining (SIGTERM): the server stops taking requests and waits for :meth:`Batcher.idle`; when the grace period
+runs out, :meth:`Batcher.close` fails every waiting and running request with :class:`Unavailable` (the API's 503)
+and the running batch stops at its next token.
+
+Every batch carries a :class:`~explainrec.serve.streamer.BatchStreamer` (except with beam search, which
+``generate`` cannot stream): it streams the text to the requests that asked for it and counts every request's
+tokens, finish reason and time to first token into ``Job.counts``.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from explainrec.serve.streamer import BatchAbandoned, BatchStreamer
+from explainrec.serve.streamer import BatchAbandoned, BatchStreamer, RowCount
 
 _ids = itertools.count()
 
@@ -35,6 +43,10 @@ class QueueFull(RuntimeError):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; retry in about {retry_after} s")
         self.retry_after = retry_after
+
+
+class Unavailable(RuntimeError):
+    """The server is draining or stopping: the request was not (or will not be) answered; retry elsewhere."""
 
 
 @dataclass(eq=False)
@@ -51,6 +63,7 @@ class Job:
     cancelled: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     future: asyncio.Future | None = None
+    counts: RowCount = field(default_factory=RowCount)
 
     @property
     def key(self) -> tuple:
@@ -65,13 +78,18 @@ class Job:
 
 
 END = object()  # put on a job's stream after its last text piece
+STARTED = object()  # put on a job's stream when its batch starts generating
 
 
 class Batcher:
     """Gathers :class:`Job` s into batched explain calls on one worker thread (see the module docstring)."""
 
-    def __init__(self, explainer, *, max_batch: int = 16, max_wait_ms: float = 20.0, queue: int = 64):
+    def __init__(self, explainer, *, max_batch: int = 16, max_wait_ms: float = 20.0, queue: int = 64,
+                 on_batch: Callable[[list[Job], bool], None] | None = None):
+        """``on_batch(batch, answered)`` is called on the event loop after every explain call (metrics)."""
         self.explainer = explainer
+        self.on_batch = on_batch
+        self.closed = False
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.queue = queue
@@ -85,11 +103,15 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._eos = _eos_ids(explainer)
+        self._pad = getattr(getattr(explainer, "tokenizer", None), "pad_token_id", None)
 
     # ------------------------------------------------------------------ requests
 
     def submit(self, jobs: list[Job]) -> None:
-        """Queue all of ``jobs`` or none (:class:`QueueFull`); each gets a future on the running loop."""
+        """Queue all of ``jobs`` or none (:class:`QueueFull`, :class:`Unavailable` once closed); each gets a future
+        on the running loop."""
+        if self.closed:
+            raise Unavailable("the server is shutting down")
         self._ensure_running()
         if len(self.waiting) + len(jobs) > self.queue:
             raise QueueFull(self.retry_after())
@@ -107,6 +129,22 @@ class Batcher:
             pass  # already started (or finished)
         if job.future is not None and not job.future.done():
             job.future.cancel()
+
+    def idle(self) -> bool:
+        """Nothing waiting and nothing generating."""
+        return not self.waiting and not self.running
+
+    def close(self, reason: str) -> None:
+        """Refuse new jobs; fail every waiting and running one with :class:`Unavailable` (the running batch stops at
+        its next token, as nobody is left to read it)."""
+        self.closed = True
+        for job in [*self.waiting, *self.running]:
+            job.cancelled = True
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(Unavailable(reason))
+            if job.stream is not None:
+                job.stream.put_nowait(END)
+        self.waiting.clear()
 
     def retry_after(self) -> int:
         batches_ahead = len(self.waiting) / self.max_batch + 1
@@ -163,6 +201,8 @@ class Batcher:
         start = time.perf_counter()
         for job in batch:
             job.started, job.batch_size = start, len(batch)
+            if job.stream is not None:
+                job.stream.put_nowait(STARTED)
         self.running = batch
         try:
             rows = await self._loop.run_in_executor(self._executor, self._explain, batch)
@@ -187,6 +227,8 @@ class Batcher:
                 self.explained += 1
             else:
                 job.future.set_exception(error or BatchAbandoned("cancelled"))
+        if self.on_batch is not None:
+            self.on_batch(batch, rows is not None)
 
     def _explain(self, batch: list[Job]) -> list[dict]:
         """In the worker thread: one explain call with a streamer that feeds each job's stream."""
@@ -208,7 +250,8 @@ class Batcher:
         def make(index) -> BatchStreamer:
             rows = [batch[int(i)] for i in index.tolist()]
             return BatchStreamer(tokenizer, [sink(j) for j in rows], self._eos,
-                                 abandoned=lambda: all(j.cancelled for j in rows))
+                                 abandoned=lambda: all(j.cancelled for j in rows), counts=[j.counts for j in rows],
+                                 pad_id=self._pad)
 
         return make
 

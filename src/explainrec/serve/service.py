@@ -1,17 +1,20 @@
 """What the server knows besides the model: the pairs' text from ``--data``, id search, the model's description.
 
 Known pairs get their prompt text from the dataset exactly as in training (:meth:`Dataset.pair`); a request's own
-title, profiles or features override it. Without ``--data`` the prompt holds only what the request gives.
+title, profiles or features override it. Without ``--data`` the prompt holds only what the request gives. A pair
+with no text at all and ids the model never learned is *ungrounded*: the answer says so (``grounded: false``), or
+the server refuses it when started with ``--ungrounded refuse``.
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import replace
 from typing import Any
 
 from explainrec.data.schema import Pair
 from explainrec.serve.batcher import Batcher
-from explainrec.serve.schemas import PairFields, ServeSettings
+from explainrec.serve.schemas import FieldError, PairFields, ServeSettings, check_pair
 
 SOURCE_NOTES = {
     "example": "the dataset's example of this pair (exactly the training prompt)",
@@ -20,6 +23,8 @@ SOURCE_NOTES = {
     "none": "nothing: neither the dataset nor the request describe this pair",
 }
 COLD_START_NOTE = "the model never saw this user or item in training: it took the cold-start path"
+UNGROUNDED_NOTE = ("nothing is known about this pair (no text from --data or the request, ids the model never "
+                   "learned): the explanation rests on nothing; send title / user_profile / item_profile")
 OVERRIDES = ("title", "user_profile", "item_profile", "features")
 
 
@@ -33,18 +38,22 @@ class Service:
         self.settings = settings or ServeSettings()
         self.settings.check()
         self.load_seconds = load_seconds
-        self.precision = precision
+        self.precision = (explainer.info or {}).get("precision", precision)
         self.started_at = time.time()
         self.batcher = Batcher(explainer, max_batch=self.settings.max_batch, max_wait_ms=self.settings.max_wait_ms,
                                queue=self.settings.queue)
         self.items = _index(dataset, "item") if dataset is not None else _ids_only(explainer.known_items)
         self.users = _index(dataset, "user") if dataset is not None else _ids_only(explainer.known_users)
+        self.pair_pool = (dataset.split_examples("test") or dataset.examples) if dataset is not None else []
         self.search_source = "data" if dataset is not None else ("model" if self.items or self.users else "none")
 
     # ------------------------------------------------------------------ pairs
 
-    def resolve(self, fields: PairFields) -> tuple[Pair, dict]:
-        """The :class:`Pair` to explain and a description of where its prompt text came from."""
+    def resolve(self, fields: PairFields, where: str = "") -> tuple[Pair, dict]:
+        """The :class:`Pair` to explain and a description of where its prompt text came from; :class:`FieldError`
+        for text over the limits, or an ungrounded pair when the server refuses those (``where``: the field
+        prefix, ``pairs.3.`` in a batch)."""
+        check_pair(fields, self.settings, where)
         given = {k: getattr(fields, k) for k in OVERRIDES if getattr(fields, k) is not None}
         if "features" in given:
             given["features"] = tuple(given["features"])
@@ -59,12 +68,30 @@ class Service:
         note = " + ".join(SOURCE_NOTES[s] for s in source.split("+"))
         prompt = {"source": source, "note": note, "title": pair.title, "user_profile": pair.user_profile,
                   "item_profile": pair.item_profile, "features": list(pair.features)}
+        if self.settings.ungrounded == "refuse" and not self.grounded(pair):
+            known = self.known(pair)
+            raise FieldError(f"{where}{'item' if known['user'] else 'user'}", UNGROUNDED_NOTE, "ungrounded")
         return pair, prompt
+
+    def grounded(self, pair: Pair) -> bool:
+        """Whether anything is known about the pair: prompt text, or both ids learned by the model."""
+        if pair.title or pair.user_profile or pair.item_profile or pair.features:
+            return True
+        known = self.known(pair)
+        return known["user"] is True and known["item"] is True
 
     def known(self, pair: Pair) -> dict[str, bool | None]:
         users, items = self.explainer.known_users, self.explainer.known_items
         return {"user": None if users is None else pair.user in users,
                 "item": None if items is None else pair.item in items}
+
+    def random_pair(self, rng: random.Random) -> dict | None:
+        """A pair that exists in ``--data`` (an example, from the test split when it has one), or None."""
+        if not self.pair_pool:
+            return None
+        example = rng.choice(self.pair_pool)
+        pair = self.dataset.pair_of(example)
+        return {"user": pair.user, "item": pair.item, "title": pair.title, "split": example.split}
 
     # ------------------------------------------------------------------ search
 
@@ -111,7 +138,7 @@ class Service:
             "data": info.get("data"),
             "served_data": served,
             "folder": info.get("folder"),
-            "precision": info.get("precision", self.precision),
+            "precision": self.precision,
             "load_seconds": self.load_seconds,
             "started_at": self.started_at,
             "known_users": len(self.explainer.known_users) if self.explainer.known_users is not None else None,

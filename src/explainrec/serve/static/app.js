@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, auth: false, busy: false };
+const state = { limits: null, auth: false, busy: false, abort: null };
 
 function headers(json) {
   const h = {};
@@ -13,10 +13,17 @@ function headers(json) {
   return h;
 }
 
+class HttpError extends Error {
+  constructor(status, body) {
+    super(describeError(status, body));
+    this.status = status;
+  }
+}
+
 async function getJSON(path) {
   const response = await fetch(path, { headers: headers(false) });
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(describeError(response.status, body));
+  if (!response.ok) throw new HttpError(response.status, body);
   return body;
 }
 
@@ -30,8 +37,13 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
 // ---------------------------------------------------------------- the model line and autocomplete
 
+// While the server loads its model, /v1/model answers 503: say so and ask again.
 async function loadModel() {
   try {
     const health = await getJSON("/healthz");
@@ -47,6 +59,11 @@ async function loadModel() {
     $("model-line").textContent =
       `${info.method} on ${info.model || "?"} \u00b7 ${info.precision} \u00b7 ${data} \u00b7 explainrec ${info.version}`;
   } catch (err) {
+    if (err.status === 503) {
+      $("model-line").textContent = "the server is loading its model...";
+      setTimeout(loadModel, 2000);
+      return;
+    }
     $("model-line").textContent = `model description unavailable: ${err.message}`;
   }
 }
@@ -79,15 +96,17 @@ async function suggest(kind, input, list) {
   }
 }
 
+// A pair that exists in the server's data (its user and item have an example together).
 async function pickPair() {
-  const users = await suggest("users", { value: "" }, $("user-options"));
-  const items = await suggest("items", { value: "" }, $("item-options"));
-  if (!users.length || !items.length) {
-    showError("the server knows no users or items (start it with --data) -- type any ids");
-    return;
+  showError("");
+  try {
+    const pair = await getJSON("/v1/pairs/random");
+    $("user").value = pair.user;
+    $("item").value = pair.item;
+    setStatus(pair.title ? `picked: ${pair.title}` : "picked a pair from the data");
+  } catch (err) {
+    showError(err.status === 404 ? "the server knows no pairs (start it with --data) -- type any ids" : err.message);
   }
-  $("user").value = users[Math.floor(Math.random() * users.length)].id;
-  $("item").value = items[Math.floor(Math.random() * items.length)].id;
 }
 
 // ---------------------------------------------------------------- explaining
@@ -96,6 +115,12 @@ function requestBody() {
   const body = { user: $("user").value.trim(), item: $("item").value.trim() };
   const int = (id) => { const v = $(id).value; return v === "" ? undefined : Number.parseInt(v, 10); };
   const num = (id) => { const v = $(id).value; return v === "" ? undefined : Number.parseFloat(v); };
+  const text = (id) => $(id).value.trim() || undefined;
+  body.title = text("title");
+  body.user_profile = text("user_profile");
+  body.item_profile = text("item_profile");
+  const features = $("features").value.split(",").map((f) => f.trim()).filter(Boolean);
+  if (features.length) body.features = features;
   body.max_new_tokens = int("max_new_tokens");
   body.num_beams = int("num_beams");
   if ($("do_sample").checked) {
@@ -108,54 +133,78 @@ function requestBody() {
   return body;
 }
 
+// Everything the previous answer left on the page goes before a new request starts.
+function clearResult() {
+  showError("");
+  $("result").hidden = true;
+  $("explanation").textContent = "";
+  $("explanation").classList.remove("cut");
+  $("item-title").textContent = "";
+  for (const id of ["cold", "ungrounded", "cut", "note"]) $(id).hidden = true;
+  for (const id of ["extras", "timing", "prompt"]) $(id).replaceChildren();
+  $("prompt-source").textContent = "";
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("explain").disabled = busy;
+  $("stop").hidden = !busy;
+  $("explanation").classList.toggle("streaming", busy);
+}
+
 async function explain(event) {
   event.preventDefault();
   if (state.busy) return;
-  state.busy = true;
-  $("explain").disabled = true;
-  showError("");
+  clearResult();
+  setBusy(true);
   const body = requestBody();
   const started = performance.now();
   let firstText = null;
-  $("result").hidden = false;
-  $("pair-title").textContent = `${body.user} \u2192 ${body.item}`;
-  $("item-title").textContent = "";
-  $("explanation").textContent = "";
-  $("explanation").classList.add("streaming");
-  $("cold").hidden = true;
-  $("note").hidden = true;
-  for (const id of ["extras", "timing", "prompt"]) $(id).replaceChildren();
-  $("prompt-source").textContent = "";
-  $("status").textContent = "waiting for a batch...";
+  state.abort = new AbortController();
+  setStatus("sending...");
   try {
     const response = await fetch("/v1/explain/stream", {
-      method: "POST", headers: headers(true), body: JSON.stringify(body),
+      method: "POST", headers: headers(true), body: JSON.stringify(body), signal: state.abort.signal,
     });
     if (!response.ok) {
-      throw new Error(describeError(response.status, await response.json().catch(() => ({}))));
+      throw new HttpError(response.status, await response.json().catch(() => ({})));
     }
+    let ended = false;
     for await (const [name, data] of events(response)) {
       if (name === "meta") {
-        showPrompt(data.prompt);
-        $("status").textContent = "generating...";
+        showPair(data);
+        setStatus("queued: waiting for a batch...");
+      } else if (name === "start") {
+        setStatus(`generating (batch of ${data.batch_size})...`);
       } else if (name === "delta") {
         if (firstText === null) firstText = performance.now() - started;
         $("explanation").textContent += data.text;
       } else if (name === "done") {
         showAnswer(data, firstText, performance.now() - started);
-        $("status").textContent = "done";
+        setStatus("done");
+        ended = true;
       } else if (name === "error") {
         throw new Error(`${data.error_type}: ${data.error}`);
       }
     }
+    if (!ended) throw new Error("the connection closed before the answer was complete");
   } catch (err) {
-    showError(err.message);
-    $("status").textContent = "failed";
+    if (err.name === "AbortError") {
+      setStatus("stopped");
+    } else {
+      showError(err.message);
+      setStatus("failed");
+      if (!$("explanation").textContent) $("result").hidden = true;
+    }
   } finally {
-    $("explanation").classList.remove("streaming");
-    $("explain").disabled = false;
-    state.busy = false;
+    state.abort = null;
+    setBusy(false);
   }
+}
+
+// Stop: closing the stream tells the server, which stops generating for this request.
+function stop() {
+  if (state.abort) state.abort.abort();
 }
 
 // Server-sent events from a fetch body: yields [event name, parsed data].
@@ -219,9 +268,17 @@ function render(value) {
   return String(value);
 }
 
+// From the stream's first event: the pair, whether anything is known about it, and its prompt text.
+function showPair(meta) {
+  $("result").hidden = false;
+  $("pair-title").textContent = `${meta.user} \u2192 ${meta.item}`;
+  $("ungrounded").hidden = meta.grounded;
+  showPrompt(meta.prompt);
+}
+
 function showPrompt(prompt) {
   $("prompt-source").textContent = `from ${prompt.source}: ${prompt.note}`;
-  if (prompt.title) $("item-title").textContent = `\u00b7 ${prompt.title}`;
+  $("item-title").textContent = prompt.title ? `\u00b7 ${prompt.title}` : "";
   const entries = [["title", prompt.title], ["user profile", prompt.user_profile],
     ["item profile", prompt.item_profile], ["features", prompt.features]];
   rows($("prompt"), entries.filter(([, v]) => v !== null && v !== undefined && !(Array.isArray(v) && !v.length))
@@ -231,16 +288,24 @@ function showPrompt(prompt) {
 function showAnswer(answer, firstText, totalClient) {
   $("explanation").textContent = answer.explanation;
   $("cold").hidden = !answer.cold_start;
+  $("ungrounded").hidden = answer.grounded;
+  if (answer.finish_reason === "length") {
+    $("cut").textContent = `cut off: the text reached the ${answer.generation.max_new_tokens}-token limit`;
+    $("cut").hidden = false;
+    $("explanation").classList.add("cut");
+  }
   if (answer.note) { $("note").textContent = answer.note; $("note").hidden = false; }
   const known = (v) => (v === null ? "any id (no id maps)" : v ? "yes" : "no (cold start)");
   rows($("extras"), [["method", answer.method], ["user seen in training", known(answer.known.user)],
     ["item seen in training", known(answer.known.item)],
     ...Object.entries(answer.extras).map(([k, v]) => [label(k), render(v)])]);
-  const ms = (v) => `${Math.round(v)} ms`;
-  rows($("timing"), [["first text", firstText === null ? "\u2013" : ms(firstText)],
-    ["queue", ms(answer.timing.queue_ms)], ["generation", ms(answer.timing.generation_ms)],
-    ["server total", ms(answer.timing.total_ms)], ["page total", ms(totalClient)],
-    ["batch size", String(answer.timing.batch_size)]]);
+  const ms = (v) => (v === null || v === undefined ? "\u2013" : `${Math.round(v)} ms`);
+  const tokens = (v) => (v === null || v === undefined ? "\u2013" : String(v));
+  rows($("timing"), [["first text", ms(firstText)], ["queue", ms(answer.timing.queue_ms)],
+    ["generation", ms(answer.timing.generation_ms)], ["server total", ms(answer.timing.total_ms)],
+    ["page total", ms(totalClient)], ["batch size", String(answer.timing.batch_size)],
+    ["tokens (prompt + text)", `${tokens(answer.usage.prompt_tokens)} + ${tokens(answer.usage.completion_tokens)}`],
+    ["request id", answer.request_id]]);
   showPrompt(answer.prompt);
 }
 
@@ -254,6 +319,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("item").addEventListener("input", itemSuggest);
   $("user").addEventListener("focus", userSuggest);
   $("item").addEventListener("focus", itemSuggest);
-  $("pick").addEventListener("click", () => { showError(""); pickPair(); });
+  $("pick").addEventListener("click", pickPair);
+  $("stop").addEventListener("click", stop);
   $("ask").addEventListener("submit", explain);
 });
