@@ -218,3 +218,15 @@ def test_a_size_that_cannot_fit_in_memory_is_refused_up_front_with_the_estimate(
         load_dataset("synthetic:users=1000000000")
     assert time.perf_counter() - start < 5
     assert load_dataset("synthetic:users=30,items=25,types=2").n_users == 30  # a size that fits is made
+
+
+def test_a_data_file_larger_than_the_memory_available_is_refused_before_reading(tmp_path, monkeypatch):
+    import explainrec.io
+    from explainrec.data import load_dataset
+    from explainrec.data.schema import DataError
+
+    data = tmp_path / "big.jsonl"
+    data.write_text('{"user": "u1", "item": "i1", "explanation": "Nice."}\n' * 50)
+    monkeypatch.setattr(explainrec.io, "memory_available", lambda: 100)
+    with pytest.raises(DataError, match=r"big.jsonl: 0.0 GB of data, more than the 0.0 GB of memory available"):
+        load_dataset(data)

@@ -99,6 +99,7 @@ def load_dataset(
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (expected 'synthetic[:k=v,...]', a dataset folder, "
                         "or a .csv / .jsonl file)")
+    _check_fits_in_memory(path)
     if path.is_dir():
         if (path / "explanations.jsonl").exists() or (path / "interactions.csv").exists():
             return read_xrec(path, seed=seed)
@@ -115,6 +116,20 @@ def load_dataset(
         return read_peter(path.parent, trust_pickle=trust_pickle, index_dir=index_dir)
     raise DataError(f"{path}: unsupported file type '{path.suffix}'; expected .csv, .jsonl, a dataset folder "
                     "or 'synthetic'")
+
+
+def _check_fits_in_memory(path: Path) -> None:
+    """Refuse data whose files alone are larger than the memory available: parsed, it takes more than its bytes,
+    and the reader would be killed for memory after minutes, with no message."""
+    from explainrec.io import memory_available
+
+    names = ("explanations.jsonl", "interactions.csv", "reviews.pickle")  # what the folder readers read
+    files = [path / n for n in names if (path / n).is_file()] if path.is_dir() else [path]
+    size = sum(p.stat().st_size for p in files)
+    free = memory_available()
+    if free is not None and size > free:
+        raise DataError(f"{path}: {size / 1e9:.1f} GB of data, more than the {free / 1e9:.1f} GB of memory available "
+                        "(read, it takes more than its size); use a machine with more memory or a subset")
 
 
 def _load_synthetic(text: str, seed: int, kwargs: dict[str, Any]) -> Dataset:

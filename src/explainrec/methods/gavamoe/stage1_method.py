@@ -35,7 +35,7 @@ class VaeGmmStage(Method):
         from explainrec.methods.llm_method import save_weights
 
         t0 = time.perf_counter()
-        model, data, state = train_vae_gmm(dataset, out, config, resume=resume, progress=progress)
+        model, data, state = train_vae_gmm(dataset, out, config, resume=resume, progress=progress, echo=echo)
         metrics = evaluate_and_write(model, dataset, data, config, out, state)
         metrics["seconds_total"] = time.perf_counter() - t0
         atomic_write_json(out / "metrics.json", metrics)

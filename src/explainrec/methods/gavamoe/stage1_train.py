@@ -33,7 +33,7 @@ CHECKPOINT_DIR = "checkpoint"
 
 
 def train_vae_gmm(dataset: Dataset, out: Path, cfg: VaeGmmConfig, *, resume: bool = False,
-                  progress: bool = True) -> tuple[VaeGmm, "TrainData", dict]:
+                  progress: bool = True, echo=log.info) -> tuple[VaeGmm, "TrainData", dict]:
     """Train on ``dataset``'s train interactions, checkpointing into ``out/checkpoint`` after every epoch.
 
     Returns ``(model, data, state)`` with the best-validation weights loaded. ``resume=True`` continues from the
@@ -69,7 +69,9 @@ def train_vae_gmm(dataset: Dataset, out: Path, cfg: VaeGmmConfig, *, resume: boo
                                 generators={"data": data_gen})
         extra = load_extra_tensors(ckpt)
         best_weights = {k[len("best."):]: v.to(dev) for k, v in extra.items() if k.startswith("best.")} or None
-        log.info("resumed %s at epoch %d", ckpt, state["epoch"])
+        echo(f"[vae-gmm] resumed from {ckpt}: continuing after epoch {state['epoch']}")
+    elif resume:
+        echo(f"[vae-gmm] --resume: no checkpoint in {ckpt} yet; training starts at epoch 1")
 
     # ------------------------------------------------------------------ train
     total_epochs = cfg.pretrain_epochs + cfg.epochs
