@@ -40,7 +40,7 @@ def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[
                        timeout_s: float = 60.0) -> dict:
     """Sign in as ``name`` and rate ``len(ratings)`` pairs: ``ratings[i][slot] = (P, Q, U)`` as typed. Before the
     first pair's scores it opens the criteria with "?" and closes them with Escape; after ``reload_after`` pairs
-    it reloads the page; on pair ``back_at`` it first goes back a pair (Alt+Left), reads what is shown there and
+    it types one score and reloads the page; on pair ``back_at`` it first goes back a pair (Alt+Left), reads what is shown there and
     saves it again with Enter; the screenshot is taken on pair ``shot_at`` once its scores are typed, before saving.
     Returns what the page showed along the way and every URL it requested."""
     from playwright.sync_api import expect, sync_playwright
@@ -67,8 +67,11 @@ def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[
                 page.keyboard.press("Enter")
                 for i, pair_scores in enumerate(ratings):
                     if reload_after is not None and i == reload_after:
+                        expect(page.locator("#score-0-P")).to_be_focused()
+                        page.keyboard.type("2")  # typed, not saved: kept as a draft across the reload
                         page.reload()
-                        seen["after_reload"] = {"label": _label(page), "progress": _progress(page)}
+                        seen["after_reload"] = {"label": _label(page), "progress": _progress(page),
+                                                "draft": page.input_value("#score-0-P")}
                     if i == back_at:
                         expect(page.locator("#score-0-P")).to_be_focused()
                         here = _label(page)

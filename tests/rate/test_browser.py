@@ -27,7 +27,8 @@ def test_three_pairs_rated_with_the_keyboard_and_a_reload_mid_study(tmp_path, fi
     with rating_server(study.folder) as (base, _process):
         shown = rate_with_keyboard(base, shot, name="alice", ratings=TYPED, reload_after=2, back_at=2, shot_at=1)
     assert shown["pairs"] == ["Pair 1 of 3:", "Pair 2 of 3:", "Pair 3 of 3:"]
-    assert shown["after_reload"] == {"label": "Pair 3 of 3:", "progress": "pair 3 of 3 · 2 of 3 rated"}
+    assert shown["after_reload"] == {"label": "Pair 3 of 3:", "progress": "pair 3 of 3 · 2 of 3 rated",
+                                     "draft": "2"}  # the unsaved score typed before the reload is still there
     # Alt+Left went back to pair 2 (the page stayed, no browser history step) with its saved scores in place
     assert shown["went_back_to"]["label"] == "Pair 2 of 3:" and shown["went_back_to"]["url"] == base + "/"
     assert shown["went_back_to"]["shown"] == [str(float(v)).removesuffix(".0") for t in TYPED[1] for v in t]
