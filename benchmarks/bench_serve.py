@@ -1,20 +1,27 @@
 """Load benchmark of `explainrec serve` on loopback: dynamic batching on (max-batch 16) against one-at-a-time
-serving (max-batch 1), malformed input, and an overload burst.
+serving (max-batch 1), malformed input, an overload burst, and a drain under load.
 
     python benchmarks/bench_serve.py                      # zero-shot SmolLM2-135M (embedded), ~5-10 min on 2 cores
     python benchmarks/bench_serve.py --run runs/gavamoe   # a trained run folder instead
     python benchmarks/bench_serve.py --model tiny --rounds 1 --malformed 100 --burst 80   # quick check
 
-For each mode a server is started in a subprocess (uvicorn on 127.0.0.1, a free port, --queue 64) and C clients
-(C = 1, 4, 16) each send ``rounds`` requests one after another (greedy, max_new_tokens 32, the same known pairs in
-the same order for both modes; bounded in count and, per level, in time). Explanations/s is completed requests over
-wall time; latency is per request as the client sees it. Then, against the batching server:
+Needs only a plain install (``bash scripts/install.sh``: httpx, its client, is one of explainrec's dependencies).
+
+Both servers run at once, each in a subprocess (uvicorn on 127.0.0.1, a free port, --queue 64), and each gets one
+warm-up request. At 1 client the two modes take turns request by request (A B B A ...), so neither profits from
+the other's warm-up or from a quieter moment of the shared machine; at C clients (C = 4, 16) each level runs on
+both servers, in the order A B for one level and B A for the next, C clients each sending ``rounds`` requests one
+after another (greedy, max_new_tokens 32, the same known pairs in the same order for both modes; bounded in count
+and, per level, in time). Explanations/s is completed requests over the time spent on them; latency is per
+request as the client sees it. Then, against the batching server:
 
 * malformed requests (bad JSON, wrong types, bodies over the limit, invalid ids, out-of-range settings, unknown
   keys, unknown routes): every one must be answered 4xx; a few *unknown* ids are valid requests (cold start) and
   must be answered 200; /healthz must still answer afterwards;
 * an overload burst (more requests at once than the queue holds): answered 200 or 429 (with Retry-After), never
-  5xx; the server's RSS (/proc/PID/status) is read before, after one burst and after a second one.
+  5xx; the server's RSS (/proc/PID/status) is read before, after one burst and after a second one;
+* a drain: ``--drain`` requests in flight, then SIGTERM: every one answered (200 within the grace period), the
+  server's exit code and how long the drain took.
 
 Target of issue 20: at 16 concurrent clients, dynamic batching gives at least 3x the explanations/s of
 one-at-a-time serving. Machine load (uptime) is printed beside the figures: the machine is shared.
@@ -34,9 +41,19 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 STATUS_FILE = "/proc/{pid}/status"
+
+
+def require_httpx() -> None:
+    """httpx is one of explainrec's dependencies; an older install may lack it: say how to get it."""
+    global httpx
+    try:
+        import httpx
+    except ImportError:
+        raise SystemExit("bench_serve.py needs httpx: pip install 'httpx>=0.27' (bash scripts/install.sh installs it)")
+
+
+httpx = None  # imported by require_httpx(), after the arguments (so --help works anywhere)
 
 
 def free_port() -> int:
@@ -76,7 +93,7 @@ class Server:
             if self.process.poll() is not None:
                 raise SystemExit(f"server exited with {self.process.returncode}; see {self.log.name}")
             try:
-                if httpx.get(self.base + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:  # 503 while loading
                     return
             except httpx.HTTPError:
                 pass
@@ -101,19 +118,20 @@ class Server:
 
 
 async def run_level(base: str, pairs: list[dict], clients: int, rounds: int, max_new_tokens: int,
-                    level_seconds: float) -> dict:
-    """``clients`` concurrent clients, each sending ``rounds`` requests in turn (no new ones after the time bound)."""
+                    level_seconds: float, offset: int = 0) -> dict:
+    """``clients`` concurrent clients, each sending ``rounds`` requests in turn (no new ones after the time bound);
+    client k's r-th request explains pair ``offset + k * rounds + r``."""
     latencies: list[float] = []
     batch_sizes: list[int] = []
     failures: list[int] = []
     start = time.perf_counter()
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
 
-    async def client(k: int, http: httpx.AsyncClient) -> None:
+    async def client(k: int, http) -> None:
         for r in range(rounds):
             if time.perf_counter() - start > level_seconds:
                 return
-            pair = pairs[(k * rounds + r) % len(pairs)]
+            pair = pairs[(offset + k * rounds + r) % len(pairs)]
             t = time.perf_counter()
             response = await http.post("/v1/explain", json={**pair, "max_new_tokens": max_new_tokens, "seed": 0})
             if response.status_code != 200:
@@ -124,13 +142,41 @@ async def run_level(base: str, pairs: list[dict], clients: int, rounds: int, max
 
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(k, http) for k in range(clients)))
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {"clients": clients, "requests": len(latencies), "failures": failures, "wall_s": wall,
+    return {"clients": clients, "latencies": latencies, "batch_sizes": batch_sizes, "failures": failures,
+            "wall_s": time.perf_counter() - start}
+
+
+def summary(parts: list[dict]) -> dict:
+    """One row from one or more runs of a level (their requests together, their times added)."""
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    batch_sizes = [x for p in parts for x in p["batch_sizes"]]
+    wall = sum(p["wall_s"] for p in parts)
+    return {"clients": parts[0]["clients"], "requests": len(latencies),
+            "failures": [x for p in parts for x in p["failures"]], "wall_s": wall,
             "per_s": len(latencies) / wall if wall else 0.0,
             "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
             "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else float("nan")}
+
+
+def measure(servers: dict[str, "Server"], pairs: list[dict], clients: int, rounds: int, args, level: int) -> dict:
+    """Every mode's row at one level: at 1 client the modes take turns request by request (A B B A ...); at more,
+    the whole level runs on each server in turn, A B at even levels and B A at odd ones."""
+    labels = list(servers)
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+
+    def run(label: str, n_clients: int, n_rounds: int, offset: int) -> None:
+        runs[label].append(asyncio.run(run_level(servers[label].base, pairs, n_clients, n_rounds,
+                                                 args.max_new_tokens, args.level_seconds, offset)))
+
+    if clients == 1:
+        for r in range(rounds):
+            for label in (labels if r % 2 == 0 else labels[::-1]):
+                run(label, 1, 1, r)
+    else:
+        for label in (labels if level % 2 == 0 else labels[::-1]):
+            run(label, clients, rounds, 0)
+    return {label: summary(parts) for label, parts in runs.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- malformed
@@ -144,7 +190,7 @@ def malformed_requests(n: int, seed: int = 0) -> list[tuple[str, str, str, bytes
         "bad JSON": lambda: rng.choice([b'{"user": "u1",', b"not json", b"{'user': 'u1'}", b"\xff\xfe\x00\x01",
                                         b"", b"[1, 2", b'{"user": "u1", "item": "i1"}}']),
         "wrong types": lambda: json.dumps(rng.choice([
-            {**ok, "user": 17}, {**ok, "item": None}, {**ok, "max_new_tokens": "32"}, {**ok, "do_sample": "yes"},
+            {**ok, "user": 1.5}, {**ok, "item": None}, {**ok, "max_new_tokens": "32"}, {**ok, "do_sample": "yes"},
             {**ok, "features": "a,b"}, {**ok, "temperature": [1]}, [ok], "text", 42])).encode(),
         "huge body": lambda: json.dumps({**ok, "title": "x" * rng.randint(70_000, 200_000)}).encode(),
         "invalid ids": lambda: json.dumps(rng.choice([
@@ -223,6 +269,40 @@ async def burst(base: str, pairs: list[dict], n: int) -> dict:
     return {"counts": counts, "retry_after_missing": retry_after_missing, "seconds": time.perf_counter() - start}
 
 
+def drain_under_load(server: Server, pairs: list[dict], n: int, max_new_tokens: int) -> dict:
+    """``n`` requests in flight, SIGTERM once all are queued or generating: how each was answered, how long the
+    server took to exit and with which code (the default grace period, 30 s, covers their generation)."""
+    import signal
+
+    async def main() -> dict:
+        limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+        async with httpx.AsyncClient(base_url=server.base, timeout=600, limits=limits) as http:
+            async def one(k):
+                try:
+                    r = await http.post("/v1/explain", json={**pairs[k % len(pairs)], "max_new_tokens": max_new_tokens})
+                    return r.status_code
+                except httpx.HTTPError:
+                    return -1  # a cut connection
+            tasks = [asyncio.ensure_future(one(k)) for k in range(n)]
+            while True:
+                state = (await http.get("/healthz")).json()
+                if state["waiting"] + state["generating"] >= n:
+                    break
+                await asyncio.sleep(0.02)
+            start = time.perf_counter()
+            server.process.send_signal(signal.SIGTERM)
+            codes = await asyncio.gather(*tasks)
+            answered = time.perf_counter() - start
+        server.process.wait(timeout=120)
+        counts: dict[int, int] = {}
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+        return {"counts": counts, "answered_s": answered, "exit_s": time.perf_counter() - start,
+                "exit_code": server.process.returncode}
+
+    return asyncio.run(main())
+
+
 def wait_idle(base: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -253,7 +333,7 @@ def main() -> int:
     ap.add_argument("--run", help="serve this run folder instead of zero-shot")
     ap.add_argument("--data", default="synthetic:users=120,items=80", help="--data of the server (prompt text)")
     ap.add_argument("--levels", default="1,4,16", help="concurrent clients, comma-separated")
-    ap.add_argument("--rounds", type=int, default=3, help="requests per client at each level (1 client: rounds+1)")
+    ap.add_argument("--rounds", type=int, default=3, help="requests per client at each level (1 client: 2 x rounds+1)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=20.0)
     ap.add_argument("--queue", type=int, default=64)
@@ -261,9 +341,11 @@ def main() -> int:
     ap.add_argument("--malformed", type=int, default=1000)
     ap.add_argument("--unknown", type=int, default=16, help="valid requests with unknown ids (cold start)")
     ap.add_argument("--burst", type=int, default=300, help="requests at once in each overload burst")
-    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server")
+    ap.add_argument("--drain", type=int, default=32, help="requests in flight when the server gets SIGTERM (0: skip)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each server")
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp/explainrec-bench-serve"))
     args = ap.parse_args()
+    require_httpx()
     args.log_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(c) for c in args.levels.split(",")]
     pairs = known_pairs(args.data, 64)
@@ -272,27 +354,30 @@ def main() -> int:
           f"{'run ' + args.run if args.run else 'zero-shot ' + args.model}; data {args.data}; "
           f"greedy, max_new_tokens {args.max_new_tokens}", flush=True)
 
-    results: dict[str, list[dict]] = {}
+    servers = {"batching (max-batch 16)": Server(args, 16), "one at a time (max-batch 1)": Server(args, 1)}
+    results: dict[str, list[dict]] = {label: [] for label in servers}
     extra: dict = {}
-    for label, max_batch in (("batching (max-batch 16)", 16), ("one at a time (max-batch 1)", 1)):
-        server = Server(args, max_batch)
-        try:
+    try:
+        for server in servers.values():
             server.wait_ready()
             httpx.post(server.base + "/v1/explain", json={**pairs[0], "max_new_tokens": 4}, timeout=300)  # warm-up
-            rows = []
-            for clients in levels:
-                rounds = args.rounds + 1 if clients == 1 else args.rounds
-                row = asyncio.run(run_level(server.base, pairs, clients, rounds, args.max_new_tokens,
-                                            args.level_seconds))
-                row["load"] = load_average()
-                rows.append(row)
+        for level, clients in enumerate(levels):
+            rounds = 2 * (args.rounds + 1) if clients == 1 else args.rounds
+            rows = measure(servers, pairs, clients, rounds, args, level)
+            load = load_average()
+            for label, row in rows.items():
+                row["load"] = load
+                results[label].append(row)
                 print(f"  {label:<28} {clients:>2} clients: {row['requests']} explanations in {row['wall_s']:.1f} s "
                       f"= {row['per_s']:.2f}/s, p50 {fmt(row['p50_ms'])} ms, p99 {fmt(row['p99_ms'])} ms, "
-                      f"mean batch {fmt(row['mean_batch'], 1)}  (load {row['load']})", flush=True)
-            results[label] = rows
-            if max_batch == 16:
-                extra = robustness(server, args, pairs)
-        finally:
+                      f"mean batch {fmt(row['mean_batch'], 1)}  (load {load})", flush=True)
+        servers.pop("one at a time (max-batch 1)").stop()
+        batching = servers["batching (max-batch 16)"]
+        extra = robustness(batching, args, pairs)
+        if args.drain:
+            extra["drain"] = drain_under_load(batching, pairs, args.drain, args.max_new_tokens)
+    finally:
+        for server in servers.values():
             server.stop()
 
     print_report(args, levels, results, extra, time.perf_counter() - began)
@@ -345,6 +430,12 @@ def print_report(args, levels, results, extra, seconds) -> None:
                   + f"; 429 without Retry-After: {b['retry_after_missing']}; {b['seconds']:.1f} s")
         print("server RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in extra["rss_mb"].items())
               + f"; healthy after bursts: {extra['healthy_after_bursts']}")
+    if "drain" in extra:
+        d = extra["drain"]
+        print(f"drain: {args.drain} requests in flight at SIGTERM -> "
+              + ", ".join(f"{code}: {n}" for code, n in sorted(d["counts"].items()))
+              + f"; all answered {d['answered_s']:.1f} s after the signal, exit code {d['exit_code']} after "
+                f"{d['exit_s']:.1f} s")
     print(f"\nwhole run {seconds:.0f} s; load average at end: {load_average()}")
 
 

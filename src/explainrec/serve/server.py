@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import time
 from collections.abc import Callable
@@ -72,6 +73,9 @@ def run(lifecycle, *, host: str, port: int, log_format: str = "text", log_level:
     server = DrainingServer(config, lifecycle)
     lifecycle.on_failed = server.stop
     server.run()
+    # Every answer is written: spare the exit the interpreter's last full collection over the model and libraries
+    # (measured: 7.7 s -> 1.5 s from SIGTERM to exit with the tiny model on the loaded 2-core machine).
+    gc.freeze()
     if lifecycle.load_error is not None:
         raise lifecycle.load_error
 
