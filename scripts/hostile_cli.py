@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "cli"))
-from test_cli_errors import DATA, FAILURES, TRAIN, USAGE  # noqa: E402  (the same cases as the tests)
+from test_cli_errors import DATA, FAILURES, TRAIN, USAGE, build_fixtures  # noqa: E402  (the tests' cases)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -48,21 +48,7 @@ def snapshot(folder: Path, skip: tuple[Path, ...] = ()) -> dict:
 
 
 def fixtures(root: Path) -> None:
-    for args in (("train", "gavamoe", "--data", DATA, "--out", root / "g", "--config", "tiny"),
-                 ("train", "vae-gmm", "--data", DATA, "--out", root / "v", "--config", "tiny")):
-        done = cli(*args)
-        assert done.returncode == 0, done.stderr[-2000:]
-    (root / "data.jsonl").write_text("".join(json.dumps({"user": f"u{i % 5}", "item": f"i{i % 7}", "split": s,
-                                                         "explanation": "Nice."}) + "\n"
-                                             for i, s in enumerate(["train"] * 20 + ["valid"] * 5 + ["test"] * 5)))
-    (root / "file.txt").write_text("not a folder\n")
-    (root / "preds").mkdir()
-    (root / "preds" / "p.jsonl").write_text(json.dumps({"prediction": "a", "reference": "b"}) + "\n")
-    (root / "preds" / "metrics.json").write_text(json.dumps({"prediction": "a", "reference": "b"}) + "\n")
-    (root / "notes").mkdir()
-    (root / "notes" / "notes.txt").write_text("mine\n")
-    (root / "notes" / "config.yaml").touch()
-    (root / "pair.json").write_text(json.dumps({"user": "u1", "item": "i1", "features": "collar"}))
+    build_fixtures(root, lambda *args: cli(*args).returncode)  # the tests' scratch folder, made by subprocesses
     (root / "broken.jsonl").write_text('{"user": 1, "item": 2}\n{broken\n')
     (root / "peter" / "1").mkdir(parents=True)
     (root / "peter" / "reviews.pickle").write_bytes(b"\x80\x04N.")
@@ -78,7 +64,8 @@ def bad_inputs(root: Path) -> list[dict]:
             skip = (scratch, *(p for p in root.iterdir() if p.name.startswith("tmp")))
             before = snapshot(root, skip)
             t = time.perf_counter()
-            done = cli(*argv, cwd=scratch)
+            with tempfile.TemporaryDirectory() as cwd:  # the current folder: outside the scratch folder
+                done = cli(*argv, cwd=Path(cwd))
             err = [x for x in done.stderr.splitlines() if x.strip()]
             first = next((x for x in err if x.startswith(("error:", "Error", "│ Invalid", "│ Missing"))), err[0] if err else "")
             rows.append({"class": name, "kind": kind, "command": "explainrec " + " ".join(argv).replace(str(root), "R"),
@@ -196,7 +183,8 @@ def writers(root: Path) -> list[dict]:
     finally:
         holder.kill()
         holder.wait()
-    (run / ".explainrec.lock").write_text(json.dumps({"pid": holder.pid, "command": "explainrec train", "since": 0}))
+    (run / ".explainrec.lock").write_text(json.dumps({"pid": holder.pid, "command": "explainrec train gavamoe --out w",
+                                                      "since": time.time() - 60}))
     done = cli(*TRAIN, "--out", run, "--resume", "max_steps=40")
     note = next((x for x in done.stderr.splitlines() if "took over" in x), "")
     rows.append({"case": "the holder died: --resume", "exit": done.returncode, "message": note.strip(),

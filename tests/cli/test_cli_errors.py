@@ -31,12 +31,16 @@ def _one_line_error(result, code: int, expected: str) -> None:
     assert len(errors) == 1 and expected in errors[0], text
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A finished tiny GaVaMoE run (with its checkpoint), a vae-gmm stage run, a data file and a plain file."""
-    root = tmp_path_factory.mktemp("runs")
-    assert _run("train", "gavamoe", "--data", DATA, "--out", root / "g", "--config", "tiny").exit_code == 0
-    assert _run("train", "vae-gmm", "--data", DATA, "--out", root / "v", "--config", "tiny").exit_code == 0
+def build_fixtures(root, train) -> None:
+    """The scratch folder every bad-input class runs against (here and in scripts/hostile_cli.py): a finished tiny
+    GaVaMoE run (with its checkpoint), a vae-gmm stage run, a copy of the GaVaMoE run where the demo would put its
+    own, a data file, a plain file, predictions, a folder of the user's notes, a pair file and a bench config.
+    ``train(*args)`` runs a command and returns its exit code."""
+    import shutil
+
+    assert train("train", "gavamoe", "--data", DATA, "--out", root / "g", "--config", "tiny") == 0
+    assert train("train", "vae-gmm", "--data", DATA, "--out", root / "v", "--config", "tiny") == 0
+    shutil.copytree(root / "g", root / "myruns" / "gavamoe")
     (root / "data.jsonl").write_text("".join(json.dumps({"user": f"u{i % 5}", "item": f"i{i % 7}", "split": s,
                                                          "explanation": "Nice."}) + "\n"
                                              for i, s in enumerate(["train"] * 20 + ["valid"] * 5 + ["test"] * 5)))
@@ -48,6 +52,14 @@ def runs(tmp_path_factory):
     (root / "notes" / "notes.txt").write_text("mine\n")
     (root / "notes" / "config.yaml").touch()
     (root / "pair.json").write_text(json.dumps({"user": "u1", "item": "i1", "features": "collar"}))
+    (root / "bad-split.yaml").write_text(json.dumps({"out": str(root / "bench-out"), "split": "dev",
+                                                     "datasets": {"s": DATA}, "runs": {"z": {"method": "zero-shot"}}}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    build_fixtures(root, lambda *args: _run(*args).exit_code)
     return root
 
 
@@ -116,6 +128,11 @@ USAGE = [  # (name, arguments after the fixture folder is known, expected text);
     ("compare labels", ("compare", "{root}/preds/p.jsonl", "{root}/preds/p.jsonl", "--names", "onlyone"),
      "--names takes two labels"),
     ("bench config missing", ("bench", "{root}/none.yaml"), "no such config file"),
+    ("bench: unknown split", ("bench", "{root}/bad-split.yaml"), "split: unknown split 'dev'"),
+    ("demo adopts a train run", ("demo", "--model", "tiny", "--no-bertscore", "--out", "{root}/myruns"),
+     "not a run of the bench or the demo"),
+    ("demo --fresh deletes a train run", ("demo", "--model", "tiny", "--no-bertscore", "--fresh", "--out",
+                                          "{root}/myruns"), "not a run of the bench or the demo"),
 ]
 FAILURES = [  # exit code 1
     ("missing model folder", ("explain", "--model", "{root}/missing", "--user", "u", "--item", "i"), "no such folder"),
