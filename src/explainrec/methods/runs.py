@@ -79,7 +79,7 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
 
     ``overwrite`` removes only what explainrec wrote there (:func:`explainrec.folders.remove_owned`).
     """
-    from explainrec.folders import remove_owned
+    from explainrec.folders import check_writable_folder, remove_owned
 
     out = Path(out)
     replace = check_out_policy(out, resume=resume, overwrite=overwrite)
@@ -87,19 +87,8 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     if state.is_main_process:
         if replace:
             remove_owned(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _check_writable(out)
+        check_writable_folder(out)
     state.wait_for_everyone()
-
-
-def _check_writable(folder: Path) -> None:
-    import tempfile
-
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
-            pass
-    except OSError as err:
-        raise RunFolderError(f"{folder}: not writable ({err.strerror or err})") from None
 
 
 def data_identity(dataset) -> dict:

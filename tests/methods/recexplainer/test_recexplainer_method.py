@@ -65,7 +65,10 @@ def test_evaluate_alignment_command(tmp_path):
     assert report["alignment"]["hybrid"]["interest"]["n"] <= 3
     assert {"decision", "probe", "grounding", "attribution", "counterfactual"} <= set(report["explanations"])
     assert "| hybrid |" in (run / "alignment.md").read_text()
-    wrong = runner.invoke(app, ["evaluate-alignment", str(run), "--data", "synthetic:users=31,items=25,types=2"])
+    again = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA])
+    assert again.exit_code == 2 and "alignment.json there already exists" in again.output  # an earlier result kept
+    wrong = runner.invoke(app, ["evaluate-alignment", str(run), "--data", "synthetic:users=31,items=25,types=2",
+                                "--overwrite"])
     assert wrong.exit_code == 2 and "trained on other data" in wrong.output
     other = tmp_path / "v"
     assert runner.invoke(app, ["train", "vae-gmm", "--data", DATA, "--out", str(other), "--config", "tiny"]).exit_code == 0
@@ -93,5 +96,5 @@ def test_zero_shot_table_is_scored_once_for_the_variants_of_one_recommender(tmp_
     assert tables[0] == tables[1]
     assert len(list((tmp_path / "cache" / "alignment-zero-shot").glob("*.json"))) == 1
     again = runner.invoke(app, ["evaluate-alignment", str(tmp_path / "intention"), "--data", DATA, "--limit", "2",
-                                "--explanations", "0"])
+                                "--explanations", "0", "--overwrite"])
     assert again.exit_code == 0 and "reusing" not in again.output  # other questions: scored anew
