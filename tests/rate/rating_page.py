@@ -1,7 +1,7 @@
 """Drive the rating page in Debian's headless Chromium through Playwright, with the keyboard only: sign in, open
 the criteria, rate pairs, reload mid-study, take a screenshot.
 
-Used by test_browser.py (a synthetic study) and, as a script, to take docs/human-evaluation-page.png from any
+Used by test_rate_browser.py (a synthetic study) and, as a script, to take docs/human-evaluation-page.png from any
 running study:
 
     explainrec rate --study STUDY --port 8010 &
