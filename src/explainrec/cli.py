@@ -742,6 +742,16 @@ def serve(
     if run is None and wanted is None:
         raise UsageError("serve needs a run folder (explainrec serve RUN) or a method that needs no training "
                          "(explainrec serve --method zero-shot)")
+    # what loading would refuse is said now: the server starts listening before the model loads
+    if run is None and wanted.trains:
+        raise UsageError(f"{wanted.name} needs a trained run folder: train one with `explainrec train {wanted.name} "
+                         "...` and serve it (explainrec serve RUN)")
+    if run is not None:
+        from explainrec.methods.model_folder import find_model_folder, read_manifest
+
+        held = read_manifest(find_model_folder(run))["method"]
+        if wanted is not None and held != wanted.name:
+            raise UsageError(f"{run} holds a {held} model, not {wanted.name}")
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "")

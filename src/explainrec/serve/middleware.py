@@ -162,6 +162,25 @@ class BodyLimit:
         return await response(scope, receive, send)
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler on ``sys.stderr`` as it is when a record is written, not when logging was configured: a caller
+    that swaps the stream for a while (a test runner, an embedding application) and closes its copy afterwards
+    must not leave the server's loggers writing into a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler sets it in __init__; the current sys.stderr is always used
+        pass
+
+
 class LogFormatter(logging.Formatter):
     """One line per record: ``text`` (``time level message key=value ...``) or ``json`` (one object per line)."""
 

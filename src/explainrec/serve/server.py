@@ -38,7 +38,7 @@ def build_service(open_explainer: Callable[[], object], dataset, settings: Serve
 
 def logging_config(style: str, level: str = "info", access_log: bool = True) -> dict:
     """One handler on stderr for uvicorn's and the server's records, as text or one JSON object per line."""
-    handler = {"class": "logging.StreamHandler", "formatter": "explainrec", "stream": "ext://sys.stderr"}
+    handler = {"()": "explainrec.serve.middleware.StderrHandler", "formatter": "explainrec"}
     logger = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return {
         "version": 1, "disable_existing_loggers": False,
