@@ -51,7 +51,7 @@ def boundary(fn=None, *, signals: bool = True):
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
-        except (typer.BadParameter, UsageError, ConfigError) as err:  # ConfigError before DataError: a subclass
+        except (typer.BadParameter, UsageError, ConfigError) as err:
             if debug_enabled():
                 raise
             fail(_one_line(err), 2)

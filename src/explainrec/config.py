@@ -21,11 +21,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from explainrec.data.schema import DataError
 
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names the key and what is allowed.
 
-class ConfigError(DataError):
-    """A setting is unknown, of the wrong type or out of range; the message names the key and what is allowed."""
+    Not a :class:`~explainrec.data.schema.DataError`: a bad setting is the caller's to fix (exit code 2), bad data
+    the input's (exit code 1), and code that handles one must not swallow the other."""
 
 
 # numpy's and torch's generators take seeds up to 2**32 - 1 everywhere (a larger one fails deep inside training)

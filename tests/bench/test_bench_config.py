@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from explainrec.bench.config import load_config, plan
 from explainrec.bench.report import seed_stats, write_report
 from explainrec.cli import app
-from explainrec.data.schema import DataError
+from explainrec.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def test_config_errors_name_the_file_and_key(tmp_path, change, expected):
     _mutate(cfg, change)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(DataError) as err:
+    with pytest.raises(ConfigError) as err:
         plan(load_config(path))
     assert str(path) in str(err.value) and expected in str(err.value), str(err.value)
 
@@ -173,3 +173,19 @@ def test_learning_curves_average_the_seeds_at_each_point(tmp_path):
     assert "| gavamoe | 2 | 20.50 ± 0.71 | 30.50 ± 0.71 |" in report[rouge:]
     assert "| gavamoe | 2 | 100.00 | 200.00 |" in report[report.index("Ret-MRR (valid texts):"):]
     assert (tmp_path / "out" / "figures" / f"curves-{datasets[0]}.png").is_file()
+
+
+def test_a_setting_training_refuses_stops_the_bench_naming_the_run(tmp_path, write_config):
+    """What a method's check refuses before any work is a ConfigError (exit code 2, not bad data) and still names the
+    run it belongs to."""
+    from explainrec.bench.harness import run_bench
+    from explainrec.data.schema import DataError
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "out", runs=["gavamoe"])
+    cfg = yaml.safe_load(config.read_text())
+    cfg["runs"]["gavamoe"]["options"] = {"model": str(tmp_path / "nowhere" / "llm")}
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"synthetic/gavamoe/seed0: model: .*no such model folder") as err:
+        run_bench(config, echo=lambda *_: None)
+    assert not isinstance(err.value, DataError)
+    assert not (tmp_path / "out" / "synthetic").exists()

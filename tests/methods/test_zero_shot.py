@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from explainrec.config import ConfigError
 from explainrec.data.schema import DataError, Dataset, Example, IdMap, Interactions, Pair
 from explainrec.llm.decoding import GenerationConfig
 from explainrec.methods import registry
@@ -95,9 +96,9 @@ def test_split_of_a_dataset_folder(tiny_llm, tmp_path):
 def test_bad_arguments(tiny_llm, tmp_path):
     with pytest.raises(DataError, match="no explained pairs in split 'valid'"):
         explain_split(_explainer(tiny_llm), _dataset(), "validation", out=tmp_path / "p.jsonl")
-    with pytest.raises(DataError, match="limit must be at least 1"):
+    with pytest.raises(ConfigError, match="limit must be at least 1"):  # a bad setting, not bad data
         explain_split(_explainer(tiny_llm), _dataset(), "test", out=tmp_path / "p.jsonl", limit=0)
-    with pytest.raises(DataError, match="unknown split 'dev'"):
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
         explain_split(_explainer(tiny_llm), _dataset(), "dev", out=tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists()
 

@@ -208,6 +208,7 @@ def check_before_work(chosen: list[PlannedRun], cfg: dict) -> dict[str, object]:
     stages) accepts that data and its settings, with the split to explain (and the valid split to tune on) holding
     explained pairs. Returns the loaded datasets by spec (the sequential runs reuse them)."""
     from explainrec.bench.runner import check_run_dir
+    from explainrec.config import ConfigError
     from explainrec.data import load_dataset
     from explainrec.data.schema import DataError
     from explainrec.methods.runs import check_training
@@ -224,7 +225,7 @@ def check_before_work(chosen: list[PlannedRun], cfg: dict) -> dict[str, object]:
         method = p.spec.method_entry()
         try:
             check_training(method, ds, p.spec.config())
-        except DataError as err:
+        except (DataError, ConfigError) as err:  # the run named in either: a bad setting or data it refuses
             raise type(err)(f"{where}: {err}") from None
         needs = ([p.spec.split] if method.explains else []) + (["valid"] if p.spec.tune_decoding else [])
         for split in needs:
