@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from explainrec.data import load_dataset
-from explainrec.methods.xrec.lightgcn import normalized_adjacency, propagate, split_pairs, train_lightgcn
+from explainrec.modules.lightgcn import normalized_adjacency, propagate, split_pairs, train_lightgcn
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xrec" / "google"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explainrec.methods.xrec.adaptor import MoEAdaptor
+from explainrec.modules.moe_adaptor import MoEAdaptor
 
 
 def make(seed: int = 0, **kwargs) -> MoEAdaptor:

@@ -9,7 +9,7 @@ masked, and the top k are compared with the user's held-out items:
     NDCG@k     DCG / IDCG, DCG = sum over hits at rank r (0-based) of 1 / log2(r + 2), IDCG over min(|test|, k) slots
 
 each averaged over users with at least one test item. Recall@k and NDCG@k are exactly the definitions of
-:func:`explainrec.methods.xrec.lightgcn.ranking_metrics` (tested to agree), so the numbers compare across methods.
+:func:`explainrec.modules.lightgcn.ranking_metrics` (tested to agree), so the numbers compare across methods.
 Scores are computed ``user_batch`` users at a time through any ``score_fn(users) -> (b, n_items)``, so an
 embedding table, SASRec's sequence encoder or item popularity plug in the same way; nothing loops per user.
 

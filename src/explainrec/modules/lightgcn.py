@@ -1,7 +1,7 @@
-"""XRec's collaborative tokenizer: LightGCN (He et al., SIGIR 2020) trained with BPR on the train interactions.
+"""LightGCN (He et al., SIGIR 2020) trained with BPR on the train interactions.
 
-XRec turns every user and item into one 64-dim vector of the interaction graph; the MoE adaptor then maps it into
-the LLM. This module learns those vectors:
+It turns every user and item into one vector of the interaction graph: XRec's collaborative tokenizer (its MoE
+adaptor then maps the vectors into the LLM) and one of RecExplainer's recommenders. This module learns them:
 
     graph      A: bipartite user-item adjacency of the TRAIN split, nodes = users (0..U-1) then items (U..U+I-1)
     Â          D^{-1/2} A D^{-1/2} (symmetric normalisation; isolated nodes get a zero row)    LightGCN eq. 7

@@ -1,4 +1,5 @@
-"""XRec's collaborative adaptor: a dense mixture of "parametric whitening" experts with a noisy softmax gate.
+"""The collaborative adaptor: a dense mixture of "parametric whitening" experts with a noisy softmax gate (XRec's;
+MMP-Refer's graph projector builds on it).
 
 It bridges LightGCN's behaviour space (64 dims) and the LLM's token space (hidden size). For an input x (B, in):
 

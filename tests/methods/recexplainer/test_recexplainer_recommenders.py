@@ -127,7 +127,7 @@ def test_tensors_round_trip_through_safetensors(kind, small_ds, tmp_path):
 
 
 def test_lightgcn_wrapper_uses_the_toolkit_lightgcn(small_ds):
-    from explainrec.methods.xrec.lightgcn import train_lightgcn
+    from explainrec.modules.lightgcn import train_lightgcn
 
     rec = fit_recommender(small_ds, "lightgcn", progress=False, epochs=3, dim=8, seed=2)
     ref = train_lightgcn(small_ds, epochs=3, dim=8, seed=2, progress=False)

@@ -9,7 +9,7 @@ import torch
 
 from explainrec.data import make_synthetic
 from explainrec.data.schema import DataError
-from explainrec.methods.xrec.lightgcn import (
+from explainrec.modules.lightgcn import (
     LightGCN,
     NegativeSampler,
     normalized_adjacency,

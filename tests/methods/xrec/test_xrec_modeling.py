@@ -9,7 +9,7 @@ from explainrec.data.collate import collate, encode_pair
 from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN, render_prompt
 from explainrec.data.schema import Example
 from explainrec.llm.load import load_llm
-from explainrec.methods.xrec.lightgcn import train_lightgcn
+from explainrec.modules.lightgcn import train_lightgcn
 from explainrec.methods.xrec.modeling import XRecModel
 from explainrec.methods.xrec.prompting import XREC_FIELDS, xrec_prompt
 

@@ -14,8 +14,7 @@ def mmp_explainer(model, tokenizer, stage, texts, users, items, *, cfg, method: 
     from explainrec.methods.llm_method import pair_ids
     from explainrec.methods.mmp_refer.batching import pair_graph, stack_graphs
     from explainrec.methods.mmp_refer.paths import pair_paths, unit_rows
-    from explainrec.methods.mmp_refer.prompting import path_text
-    from explainrec.methods.mmp_refer.recipe import prompt_fn
+    from explainrec.methods.mmp_refer.prompting import path_text, prompt_fn
 
     model.eval()
     make_prompt = prompt_fn(cfg, texts)

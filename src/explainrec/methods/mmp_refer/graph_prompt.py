@@ -18,7 +18,7 @@ sampled neighbours per path node; ids are global node ids, -1 = padding):
 The graphs are built densely per path (``N = P * (1 + S)`` slots, 66 with the defaults): duplicates are merged by
 connecting each slot to everything its copies connect to and letting only the first copy be attended to and
 pooled, which gives exactly the deduplicated graph with fixed shapes and no Python loop. The adapter is XRec's
-:class:`~explainrec.methods.xrec.adaptor.MoEAdaptor` without gate noise: experts are linear layers on
+:class:`~explainrec.modules.moe_adaptor.MoEAdaptor` without gate noise: experts are linear layers on
 ``dropout(x) - b_e`` (the paper writes ``+ b_e``; b_e is learned, so the two are the same family), the gate a softmax.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainrec.methods.mmp_refer.config import GraphPromptConfig
-from explainrec.methods.xrec.adaptor import MoEAdaptor
+from explainrec.modules.moe_adaptor import MoEAdaptor
 
 
 def path_graphs(path_nodes: Tensor, path_nbrs: Tensor) -> tuple[Tensor, Tensor, Tensor]:

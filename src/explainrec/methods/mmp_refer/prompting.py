@@ -89,6 +89,14 @@ def path_text(path: Sequence[int], texts: NodeTexts, *, kind: str = "item", max_
     return " -> ".join(parts)
 
 
+def prompt_fn(cfg, texts: NodeTexts):
+    """``(example or pair, paths) -> chat messages`` with a run's settings (an
+    :class:`~explainrec.methods.mmp_refer.config.MMPReferConfig`): the path hard prompt, plus the graph token unless
+    ablated. Training and the explainer both take it from here, so they prompt alike."""
+    return lambda ex, paths: mmp_prompt(ex, paths, texts, item_kind=cfg.item_kind, soft_tokens=cfg.graph.soft_tokens,
+                                        max_words=cfg.graph.max_profile_words, graph_token=cfg.graph_prompt)
+
+
 def mmp_prompt(example: Example, paths: Sequence[Sequence[int]], texts: NodeTexts, *, item_kind: str = "item",
                soft_tokens: int = 1, max_words: int = 25, graph_token: bool = True) -> list[dict]:
     """Chat messages (system + user) for one pair and its retrieval paths (global node ids, best first).

@@ -21,14 +21,6 @@ GRAPH_FILE = "graph.safetensors"
 TEXTS_FILE = "node_texts.json"
 
 
-def prompt_fn(cfg: MMPReferConfig, texts):
-    """``(example or pair, paths) -> chat messages``: the path hard prompt (+ the graph token unless ablated)."""
-    from explainrec.methods.mmp_refer.prompting import mmp_prompt
-
-    return lambda ex, paths: mmp_prompt(ex, paths, texts, item_kind=cfg.item_kind, soft_tokens=cfg.graph.soft_tokens,
-                                        max_words=cfg.graph.max_profile_words, graph_token=cfg.graph_prompt)
-
-
 def build_model(cfg: MMPReferConfig, llm, graph_token_id: int, vectors):
     """LLM (+ LoRA) + the graph soft prompt over the stage's vectors."""
     from explainrec.methods.mmp_refer.modeling import MMPReferModel
@@ -54,7 +46,7 @@ def train(dataset: Dataset, out: Path, cfg: MMPReferConfig, graph_stage: Path, *
     from explainrec.methods.mmp_refer.explainer import mmp_explainer
     from explainrec.methods.mmp_refer.graph_method import load_graph_stage
     from explainrec.methods.mmp_refer.modeling import GRAPH_TOKEN
-    from explainrec.methods.mmp_refer.prompting import NodeTexts
+    from explainrec.methods.mmp_refer.prompting import NodeTexts, prompt_fn
     from explainrec.train.loop_utils import seed_everything
 
     stage = load_graph_stage(graph_stage)

@@ -380,7 +380,7 @@ def query_recommender(
     items, nearest items) to those items, as if the recommender ranked only them: on data where most items have no
     title, questions then ask about items an LLM can name. Histories stay complete.
     """
-    from explainrec.methods.xrec.lightgcn import split_pairs
+    from explainrec.modules.lightgcn import split_pairs
 
     users = np.arange(dataset.n_users) if users is None else np.asarray(users, dtype=np.int64)
     n, n_items = len(users), rec.n_items

@@ -27,7 +27,7 @@ class LightGCNStage(Method):
     def train(self, dataset, out: Path, config: LightGCNConfig, *, stages, resume: bool, progress: bool, echo) -> Trained:
         from safetensors.torch import save_file
 
-        from explainrec.methods.xrec.lightgcn import train_lightgcn
+        from explainrec.modules.lightgcn import train_lightgcn
 
         echo(f"[lightgcn] {len(dataset.interactions.of_split('train'))} train edges")
         result = train_lightgcn(dataset, **config.to_dict(), progress=progress, echo=echo,
@@ -42,11 +42,11 @@ class LightGCNStage(Method):
 
 
 def load_lightgcn(path: str | Path):
-    """The :class:`~explainrec.methods.xrec.lightgcn.LightGCNResult` of a lightgcn run or stage folder."""
+    """The :class:`~explainrec.modules.lightgcn.LightGCNResult` of a lightgcn run or stage folder."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from explainrec.methods.xrec.lightgcn import LightGCNResult
+    from explainrec.modules.lightgcn import LightGCNResult
 
     folder, manifest = open_model_folder(path, expect=LightGCNStage.name)
     try:

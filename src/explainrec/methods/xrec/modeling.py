@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from explainrec.llm.loss import soft_prompt_forward
 from explainrec.llm.soft_tokens import ITEM_TOKEN, USER_TOKEN, add_placeholder_tokens, splice
-from explainrec.methods.xrec.adaptor import MoEAdaptor
+from explainrec.modules.moe_adaptor import MoEAdaptor
 from explainrec.methods.xrec.injection import XRecInjection
 
 COLD_START = ("mean", "zero")
@@ -121,7 +121,7 @@ class XRecModel(nn.Module):
 
     @classmethod
     def from_lightgcn(cls, llm: nn.Module, result, **kwargs) -> "XRecModel":
-        """Build from a :class:`~explainrec.methods.xrec.lightgcn.LightGCNResult` (embeddings + known masks)."""
+        """Build from a :class:`~explainrec.modules.lightgcn.LightGCNResult` (embeddings + known masks)."""
         return cls(llm, result.user_emb, result.item_emb, user_known=result.user_known, item_known=result.item_known,
                    **kwargs)
 
