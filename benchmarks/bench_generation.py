@@ -37,6 +37,7 @@ import torch
 from explainrec.data import load_dataset
 from explainrec.data.prompts import build_messages, render_prompt
 from explainrec.llm.generate import GenerationStats, generate_texts
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.llm.load import load_llm
 from explainrec.llm.quantize import outlier_channels, quantize_for_cpu
 
@@ -158,13 +159,14 @@ def method_setup(method: str, model_name: str, examples, n_users: int, n_items: 
 
         gav.llm = llm  # embed() reads the input embedding, which int8 leaves float
         stats = GenerationStats()
+        embed_fn = lambda ids, index: gav.embed(ids, user[index], item[index])  # noqa: E731
         if legacy:
-            generate, group = legacy_generate_texts, {}
-        else:  # what the explainer should pass: the gates route the prefix, so one prefix per cluster
-            generate, group = generate_texts, {"prefix_group": lambda index: clusters[index]}
-        texts = generate(llm, tok, prompts, stats=stats, progress=False,
-                         embed_fn=lambda ids, index: gav.embed(ids, user[index], item[index]),
-                         batch_context=batch_context, **group, **kw)
+            texts = legacy_generate_texts(llm, tok, prompts, stats=stats, progress=False, embed_fn=embed_fn,
+                                          batch_context=batch_context, **kw)
+        else:  # what the explainer passes: the gates route the prefix, so one prefix per cluster
+            hooks = GenerationHooks(embed_fn=embed_fn, batch_context=batch_context,
+                                    prefix_group=lambda index: clusters[index])
+            texts = generate_texts(llm, tok, prompts, stats=stats, progress=False, hooks=hooks, **kw)
         return texts, stats
 
     print(f"  clusters of the pairs: {torch.bincount(clusters, minlength=4).tolist()}")

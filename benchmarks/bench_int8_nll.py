@@ -85,11 +85,12 @@ def reference_nll(explainer, pairs, examples) -> float:
         prompt = tok(render_prompt(tok, explainer.prompt(pair)), add_special_tokens=False)["input_ids"]
         target = tok(" " + ex.explanation, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         ids, index = torch.tensor([prompt + target]), torch.tensor([k])
-        embed = prepared.embed_fn if prepared is not None and prepared.embed_fn else None
+        embed = prepared.hooks.embed_fn if prepared is not None else None
         emb = embed(ids, index) if embed else explainer.llm.get_input_embeddings()(ids)
         labels = ids.clone()
         labels[0, : len(prompt)] = -100
-        context = prepared.batch_context(ids, index) if prepared is not None and prepared.batch_context else None
+        context = prepared.hooks.batch_context(ids, index) if prepared is not None and prepared.hooks.batch_context \
+            else None
         with context or contextlib.nullcontext():
             loss = explainer.llm(inputs_embeds=emb, labels=labels).loss
         total += float(loss) * len(target)

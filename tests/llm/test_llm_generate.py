@@ -1,13 +1,18 @@
 """Batched generation: batching never changes greedy output, order is kept, stats add up, RNG is contained."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from explainrec.data.prompts import render_prompt
 from explainrec.llm.generate import MIN_PREFIX_TOKENS as MIN_PREFIX
 from explainrec.llm.generate import GenerationStats, _count_new_tokens, _left_pad, generate_texts
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.llm.load import load_llm
+
+NO_PREFIX = GenerationHooks(prefix_reuse=False)
 
 QUESTIONS = [
     "why would the user enjoy this book ?",
@@ -94,14 +99,15 @@ def test_embed_fn_gets_original_indices_and_replaces_embeddings(tiny_llm, prompt
         return model.get_input_embeddings()(ids)
 
     plain = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=8, progress=False)
-    assert generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=8, progress=False, embed_fn=same) == plain
+    assert generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=8, progress=False,
+                          hooks=GenerationHooks(embed_fn=same)) == plain
     assert sorted(seen) == list(range(len(prompts)))
 
     def shifted(ids, index):
         return model.get_input_embeddings()(ids) + 0.5
 
     assert generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=8, progress=False,
-                          embed_fn=shifted) != plain
+                          hooks=GenerationHooks(embed_fn=shifted)) != plain
 
 
 def test_empty_and_bad_batch_size(tiny_llm):
@@ -169,7 +175,7 @@ def test_prefix_reuse_is_token_identical_and_runs_the_prefix_once(tiny_llm):
     n = shared_prefix_length(tok, prompts)
     assert n >= 20  # the chat head and the system prompt
     kw = dict(batch_size=4, max_new_tokens=12, progress=False)
-    plain = generate_texts(model, tok, prompts, prefix_reuse=False, **kw)
+    plain = generate_texts(model, tok, prompts, hooks=NO_PREFIX, **kw)
     assert len(set(plain)) == len(plain)
     with ForwardSpy(model) as spy:
         reused = generate_texts(model, tok, prompts, **kw)  # on by default without a batch_context
@@ -183,12 +189,12 @@ def test_prefix_reuse_is_token_identical_and_runs_the_prefix_once(tiny_llm):
 def test_prefix_reuse_restores_order_after_length_sorting(tiny_llm):
     model, tok = tiny_llm
     prompts = chat_prompts(tok)
-    kw = dict(batch_size=2, max_new_tokens=6, progress=False, prefix_reuse=True)
+    kw = dict(batch_size=2, max_new_tokens=6, progress=False, hooks=GenerationHooks(prefix_reuse=True))
     forward = generate_texts(model, tok, prompts, **kw)
     backward = generate_texts(model, tok, prompts[::-1], **kw)
     assert backward == forward[::-1]
     assert forward == generate_texts(model, tok, prompts, batch_size=1, max_new_tokens=6, progress=False,
-                                     prefix_reuse=False)
+                                     hooks=NO_PREFIX)
 
 
 def test_prefix_stops_where_embed_fn_changes_an_embedding(tiny_llm):
@@ -205,10 +211,10 @@ def test_prefix_stops_where_embed_fn_changes_an_embedding(tiny_llm):
         hit = (ids == token).unsqueeze(-1)
         return torch.where(hit, emb + 0.3 * (index.float() + 1).view(-1, 1, 1), emb)
 
-    kw = dict(batch_size=3, max_new_tokens=8, progress=False, embed_fn=bump)
-    plain = generate_texts(model, tok, prompts, prefix_reuse=False, **kw)
+    kw = dict(batch_size=3, max_new_tokens=8, progress=False)
+    plain = generate_texts(model, tok, prompts, hooks=GenerationHooks(embed_fn=bump, prefix_reuse=False), **kw)
     with ForwardSpy(model) as spy:
-        assert generate_texts(model, tok, prompts, **kw) == plain
+        assert generate_texts(model, tok, prompts, hooks=GenerationHooks(embed_fn=bump), **kw) == plain
     assert (1, cut) in spy.calls  # the prefix was cut at the changed position, not dropped
 
 
@@ -260,14 +266,16 @@ def test_prefix_reuse_with_per_sample_cluster_gates_and_soft_tokens():
         with routing(clusters[index]):
             yield
 
-    kw = dict(batch_size=3, max_new_tokens=10, progress=False, embed_fn=embed_fn, batch_context=batch_context)
-    plain = generate_texts(model, tok, prompts, **kw)  # a batch_context alone: no prefix reuse by default
+    kw = dict(batch_size=3, max_new_tokens=10, progress=False)
+    hooks = GenerationHooks(embed_fn=embed_fn, batch_context=batch_context)
+    plain = generate_texts(model, tok, prompts, hooks=hooks, **kw)  # a batch_context alone: no prefix reuse by default
     with ForwardSpy(model) as spy:
-        grouped = generate_texts(model, tok, prompts, prefix_group=lambda index: clusters[index], **kw)
+        grouped = generate_texts(model, tok, prompts, hooks=replace(hooks, prefix_group=lambda index: clusters[index]),
+                                 **kw)
     assert grouped == plain
     assert sum(rows for rows, t in spy.calls if t == n) == 3  # one prefix row per cluster for the whole call
     # one shared prefix for all clusters would be wrong: the gates route the prefix tokens differently
-    assert generate_texts(model, tok, prompts, prefix_reuse=True, **kw) != plain
+    assert generate_texts(model, tok, prompts, hooks=replace(hooks, prefix_reuse=True), **kw) != plain
 
 
 def test_prefix_reuse_with_xrec_injection(tiny_xrec):
@@ -282,14 +290,14 @@ def test_prefix_reuse_with_xrec_injection(tiny_xrec):
     item = torch.tensor([e.item for e in examples])
     n = shared_prefix_length(tok, prompts)
     assert n >= MIN_PREFIX
-    kw = dict(batch_size=2, max_new_tokens=10, progress=False,
-              batch_context=lambda ids, idx: model.generation_context(ids, user[idx], item[idx]))
-    plain = generate_texts(llm, tok, prompts, **kw)
+    kw = dict(batch_size=2, max_new_tokens=10, progress=False)
+    inject = GenerationHooks(batch_context=lambda ids, idx: model.generation_context(ids, user[idx], item[idx]))
+    plain = generate_texts(llm, tok, prompts, hooks=inject, **kw)
     with ForwardSpy(llm) as spy:
-        reused = generate_texts(llm, tok, prompts, prefix_reuse=True, **kw)
+        reused = generate_texts(llm, tok, prompts, hooks=replace(inject, prefix_reuse=True), **kw)
     assert reused == plain
     assert (1, n) in spy.calls
-    assert generate_texts(llm, tok, prompts, prefix_reuse=False, batch_size=2, max_new_tokens=10,
+    assert generate_texts(llm, tok, prompts, hooks=NO_PREFIX, batch_size=2, max_new_tokens=10,
                           progress=False) != plain  # the injection matters, so the check above can fail
 
 
@@ -329,7 +337,7 @@ def test_generate_texts_hands_generate_a_reserved_cache_and_matches_hf_cache(tin
         type(k["cache"].layers[0]).__name__ if k.get("cache") is not None else "")), with_kwargs=True)
     try:
         texts = generate_texts(model, tok, prompts, batch_size=3, max_new_tokens=12, progress=False,
-                               prefix_reuse=False)
+                               hooks=NO_PREFIX)
     finally:
         hook.remove()
     assert seen and all(s == "DynamicCache:ReservedLayer" for s in seen)
@@ -370,11 +378,11 @@ def test_prefix_context_lets_gavamoe_count_each_samples_prefix_experts():
             for row, gate in enumerate(clusters[index].tolist()):
                 per_gate[gate] = state.sample_usage[row]
 
-        kw = dict(prefix_group=lambda index: clusters[index], prefix_context=prefix_context) if prefix else \
-            dict(prefix_reuse=False)
+        hooks = GenerationHooks(batch_context=batch_context, prefix_group=lambda index: clusters[index],
+                                prefix_context=prefix_context) if prefix else \
+            GenerationHooks(batch_context=batch_context, prefix_reuse=False)
         with ForwardSpy(model) as spy:
-            texts = generate_texts(model, tok, prompts, batch_size=3, max_new_tokens=6, progress=False,
-                                   batch_context=batch_context, **kw)
+            texts = generate_texts(model, tok, prompts, batch_size=3, max_new_tokens=6, progress=False, hooks=hooks)
         for i, gate in enumerate(clusters.tolist()):
             usage[i] += per_gate.get(gate, 0)
         return texts, usage, spy.calls
@@ -389,7 +397,7 @@ def test_prefix_context_lets_gavamoe_count_each_samples_prefix_experts():
 
 def test_a_model_with_its_own_cache_implementation_keeps_it(prompts):
     model, tok = load_llm("tiny", device="cpu")
-    plain = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False, prefix_reuse=False)
+    plain = generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False, hooks=NO_PREFIX)
     model.generation_config.cache_implementation = "static"  # generate refuses a second, caller-given cache
     assert generate_texts(model, tok, prompts, batch_size=2, max_new_tokens=6, progress=False) == plain
 

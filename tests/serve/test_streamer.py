@@ -9,6 +9,7 @@ import torch
 from explainrec.data.prompts import build_messages, render_prompt
 from explainrec.data.schema import Pair
 from explainrec.llm.generate import generate_texts
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.serve.streamer import BatchAbandoned, BatchStreamer, RowCount
 
 
@@ -37,7 +38,7 @@ def test_hook_is_called_per_batch_and_rows_stream_their_own_text(tiny_llm):
         return BatchStreamer(tokenizer, sinks, _eos(model, tokenizer))
 
     texts = generate_texts(model, tokenizer, prompts, batch_size=2, max_new_tokens=10, progress=False,
-                           streamer_for=streamer_for)
+                           hooks=GenerationHooks(streamer_for=streamer_for))
     assert [len(b) for b in seen] == [2, 2, 1] and sorted(i for b in seen for i in b) == list(range(5))
     assert texts == generate_texts(model, tokenizer, prompts, batch_size=2, max_new_tokens=10, progress=False)
     for i, text in enumerate(texts):
@@ -52,9 +53,9 @@ def test_rows_without_a_consumer_and_a_hook_returning_none(tiny_llm):
     got: list[str] = []
     streamer = lambda index: BatchStreamer(tokenizer, [None, got.append, None], _eos(model, tokenizer))
     texts = generate_texts(model, tokenizer, prompts, batch_size=3, max_new_tokens=8, progress=False,
-                           prefix_reuse=False, streamer_for=streamer)
+                           hooks=GenerationHooks(prefix_reuse=False, streamer_for=streamer))
     plain = generate_texts(model, tokenizer, prompts, batch_size=3, max_new_tokens=8, progress=False,
-                           prefix_reuse=False, streamer_for=lambda index: None)
+                           hooks=GenerationHooks(prefix_reuse=False, streamer_for=lambda index: None))
     assert texts == plain
     sorted_rows = sorted(range(3), key=lambda i: -len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"]))
     assert "".join(got) == texts[sorted_rows[1]]  # the batch's second row, in generate's (length) order
@@ -72,7 +73,7 @@ def test_an_abandoned_batch_stops_generating(tiny_llm):
 
     with pytest.raises(BatchAbandoned):
         generate_texts(model, tokenizer, _prompts(tokenizer, 2), max_new_tokens=40, progress=False,
-                       streamer_for=streamer_for)
+                       hooks=GenerationHooks(streamer_for=streamer_for))
     assert len(steps) == 3 and not model.training
 
 

@@ -22,16 +22,12 @@ import functools
 import inspect
 import sys
 import time
-from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from contextlib import nullcontext
-from typing import Callable, ContextManager
 
 import torch
 
-EmbedFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-BatchContext = Callable[[torch.Tensor, torch.Tensor], ContextManager]
-PrefixGroup = Callable[[torch.Tensor], torch.Tensor]
+from explainrec.llm.hooks import NO_HOOKS, GenerationHooks
 
 # A shared prefix shorter than this is not worth a separate forward pass and a cache copy per batch.
 MIN_PREFIX_TOKENS = 4
@@ -308,13 +304,7 @@ def generate_texts(
     progress: bool = True,
     stats: GenerationStats | None = None,
     add_special_tokens: bool = False,
-    embed_fn: EmbedFn | None = None,
-    batch_context: BatchContext | None = None,
-    prefix_reuse: bool | None = None,
-    prefix_group: PrefixGroup | None = None,
-    prefix_context: BatchContext | None = None,
-    prefix_stop_ids: Collection[int] = (),
-    streamer_for: Callable[[torch.Tensor], object] | None = None,
+    hooks: GenerationHooks = NO_HOOKS,
     **model_kwargs,
 ) -> list[str]:
     """Continue every prompt; return the generated texts (prompt, special tokens and outer whitespace stripped).
@@ -323,36 +313,11 @@ def generate_texts(
     already hold their BOS, hence ``add_special_tokens=False``. Sampling is seeded with ``seed`` inside a forked
     RNG, so the caller's global RNG is untouched. ``stats``, if given, is increased by this call's counts.
 
-    ``embed_fn(input_ids, index) -> inputs_embeds`` lets soft-prompt methods replace placeholder embeddings:
-    it gets the padded ``(B, T)`` ids and the ``(B,)`` positions of the batch's prompts in ``prompts`` and
-    returns ``(B, T, H)``. ``batch_context(input_ids, index)`` returns a context manager that wraps that batch's
-    ``generate`` call (GaVaMoE opens its per-sample cluster routing there). Other ``model_kwargs`` go unchanged to
-    every ``model.generate`` call.
+    ``hooks`` (:class:`GenerationHooks`): soft-token embeddings, a per-batch context, streamers and the
+    shared-prefix reuse a method vouches for. Other ``model_kwargs`` go unchanged to every ``model.generate`` call.
 
-    ``streamer_for(index) -> streamer | None`` is called once per generation batch with the ``(B,)`` positions of
-    its prompts in ``prompts``; a returned object goes to that batch's ``model.generate(streamer=...)`` (the server
-    streams several requests' texts from one batch this way).
-
-    Shared-prefix reuse (module docstring) -- the prompts' longest common token prefix, cut before the first soft
-    token placeholder (``<|user_emb|>``, ``<|item_emb|>``) or any id in ``prefix_stop_ids``, and before the first
-    position where ``embed_fn`` changes an embedding:
-
-    * ``prefix_reuse``: None (default) reuses it when there is no ``batch_context`` or a ``prefix_group`` is
-      given; True also with a ``batch_context`` alone (the caller vouches that the context treats the prefix
-      tokens of every sample alike, as XRec's injection does: it only touches placeholder positions); False never.
-    * ``prefix_group(index) -> (B,) long``: for samples whose prefix states differ by group (GaVaMoE: pass the
-      cluster ids, ``lambda index: clusters[index]``, since its MoE layers route by cluster). The prefix is run
-      once per group, inside ``batch_context(prefix_ids, index)`` with ``index`` the first sample seen of each
-      group; whatever the context records for those prefix tokens (GaVaMoE's expert usage) is recorded for that
-      sample only.
-    * ``prefix_context(prefix_ids, index)``: a context for that prefix run instead of ``batch_context``, e.g. to
-      record the prefix's expert usage per group and add it to every sample of the group afterwards (the plain
-      layout counts the prefix tokens once per sample).
-    * With a prefix, ``embed_fn`` and ``batch_context`` get the ``(B, P + T)`` layout ``[prefix, left padding,
-      suffix]`` (the ids ``generate`` is called with), the first ``P`` columns being the prefix.
-
-    Not used with beam search, ``num_return_sequences``, ``no_repeat_ngram_size``, ``use_cache=False`` or a
-    caller-given cache.
+    The shared prefix (module docstring) is not used with beam search, ``num_return_sequences``,
+    ``no_repeat_ngram_size``, ``use_cache=False`` or a caller-given cache.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -389,14 +354,16 @@ def generate_texts(
     bar = tqdm(total=len(prompts), desc="generate", unit="expl", disable=not progress,
                mininterval=0.1 if interactive else 60.0)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
+    embed_fn, batch_context, prefix_group = hooks.embed_fn, hooks.batch_context, hooks.prefix_group
+    prefix_reuse = hooks.prefix_reuse
     if prefix_reuse is None:
         prefix_reuse = batch_context is None or prefix_group is not None
     prefix = reserve = None
     if _cache_allowed(model, num_beams, model_kwargs):
         reserve = (model, _cache_arg(model), max_new_tokens)
         if prefix_reuse and _prefix_allowed(model, model_kwargs):
-            stop = set(prefix_stop_ids) | _placeholder_ids(tokenizer)
-            prefix = _SharedPrefix.build(model, encoded, stop, prefix_context or batch_context, device)
+            stop = set(hooks.prefix_stop_ids) | _placeholder_ids(tokenizer)
+            prefix = _SharedPrefix.build(model, encoded, stop, hooks.prefix_context or batch_context, device)
     try:
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             torch.manual_seed(seed)
@@ -405,7 +372,7 @@ def generate_texts(
                 index = torch.tensor(batch, device=device)
                 ids, mask, extra = _batch_inputs(batch, index, encoded, pad_id, device, embed_fn, prefix, prefix_group,
                                                  reserve)
-                streamer = streamer_for(index) if streamer_for is not None else None
+                streamer = hooks.streamer_for(index) if hooks.streamer_for is not None else None
                 if streamer is not None:
                     extra["streamer"] = streamer
                 with batch_context(ids, index) if batch_context is not None else nullcontext():

@@ -18,12 +18,12 @@ methods that build on it name it in :meth:`Method.stages`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from explainrec.config import Config, ConfigError, merge_dicts, read_config_file
+from explainrec.llm.hooks import GenerationHooks
 
 
 @dataclass(frozen=True)
@@ -142,22 +142,19 @@ class Method:
 
 @dataclass
 class Prepared:
-    """What an explainer needs to generate one call's pairs: model inputs per batch and per-pair extras.
+    """What an explainer needs to generate one call's pairs: the generation hooks and per-pair extras.
 
-    ``embed_fn(input_ids, index)`` and ``batch_context(input_ids, index)`` are the hooks of
-    :func:`explainrec.llm.generate.generate_texts`; ``extras(i, text)`` is called after generation (so it can
-    report what the generation did, e.g. GaVaMoE's most used experts, or what the method decided first, e.g.
-    RecExplainer's yes/no) and adds fields to pair ``i``'s row. ``generate_options`` go to ``generate_texts`` as
-    they are: the shared-prompt-prefix settings (``prefix_reuse``, ``prefix_group``, ``prefix_context``) only the
-    method can vouch for. ``messages``: per-pair chat messages when the prompt depends on what the model said
-    first (RecExplainer asks the decision, then why); None = ``Explainer.prompt`` of each pair.
+    ``hooks`` (:class:`~explainrec.llm.generate.GenerationHooks`) go to ``generate_texts`` as they are: soft-token
+    embeddings, a per-batch context (routing, injection) and the shared-prompt-prefix settings only the method can
+    vouch for. ``extras(i, text)`` is called after generation (so it can report what the generation did, e.g.
+    GaVaMoE's most used experts, or what the method decided first, e.g. RecExplainer's yes/no) and adds fields to
+    pair ``i``'s row. ``messages``: per-pair chat messages when the prompt depends on what the model said first
+    (RecExplainer asks the decision, then why); None = ``Explainer.prompt`` of each pair.
     """
 
     cold_start: list[bool]
-    embed_fn: Callable | None = None
-    batch_context: Callable[..., AbstractContextManager] | None = None
+    hooks: GenerationHooks = field(default_factory=GenerationHooks)
     extras: Callable[[int, str], dict] = field(default=lambda i, text: {})
-    generate_options: dict = field(default_factory=dict)
     messages: list[list[dict]] | None = None
 
 
@@ -184,8 +181,8 @@ class Explainer:
                 streamer_for: Callable | None = None) -> list[dict]:
         """One row per pair: ``user``, ``item`` (raw ids), ``prediction``, ``cold_start`` and the method's extras.
 
-        ``streamer_for`` goes to :func:`~explainrec.llm.generate.generate_texts` (per-batch streamers: the server
-        streams each request's text while its batch generates).
+        ``streamer_for`` joins the method's generation hooks (per-batch streamers: the server streams each
+        request's text while its batch generates).
         """
         from explainrec.data.prompts import render_prompt
         from explainrec.llm.decoding import GenerationConfig
@@ -204,9 +201,9 @@ class Explainer:
         prepared = self.prepare(pairs) if self.prepare is not None else Prepared(cold_start=self.cold_start(pairs))
         messages = prepared.messages if prepared.messages is not None else [self.prompt(p) for p in pairs]
         prompts = [render_prompt(self.tokenizer, m) for m in messages]
-        texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress,
-                               embed_fn=prepared.embed_fn, batch_context=prepared.batch_context,
-                               streamer_for=streamer_for, **prepared.generate_options, **generation.generate_kwargs())
+        hooks = prepared.hooks if streamer_for is None else replace(prepared.hooks, streamer_for=streamer_for)
+        texts = generate_texts(self.llm, self.tokenizer, prompts, stats=stats, progress=progress, hooks=hooks,
+                               **generation.generate_kwargs())
         return [{"user": p.user, "item": p.item, "prediction": text, "cold_start": bool(cold), **prepared.extras(i, text)}
                 for i, (p, text, cold) in enumerate(zip(pairs, texts, prepared.cold_start))]
 

@@ -186,8 +186,7 @@ def test_cached_generation_equals_uncached_and_batch_one(data):
     single = [r["prediction"] for r in explainer.explain(pairs, GenerationConfig(max_new_tokens=6, batch_size=1))]
     prep = explainer.prepare(pairs)
     uncached = generate_texts(model.llm, tok, [render_prompt(tok, gavamoe_prompt(p)) for p in pairs], batch_size=4,
-                              max_new_tokens=6, progress=False, embed_fn=prep.embed_fn,
-                              batch_context=prep.batch_context, use_cache=False)
+                              max_new_tokens=6, progress=False, hooks=prep.hooks, use_cache=False)
     assert cached == uncached == single
 
 

@@ -9,6 +9,7 @@ import torch
 from explainrec.data import make_synthetic
 from explainrec.data.prompts import render_prompt
 from explainrec.llm.generate import generate_texts
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.llm.load import load_llm
 from explainrec.methods.mmp_refer.batching import encode_rows, make_collate, pair_graph, stack_graphs
 from explainrec.methods.mmp_refer.config import GraphPromptConfig, PathConfig
@@ -128,10 +129,10 @@ def test_generation_through_embed_fn_matches_one_by_one(world):
     graphs = stack_graphs([dict(zip(("path_nodes", "path_nbrs"), pair_graph(
         graph, paths.get(e.user, e.item), e.user, e.item, k=K, width=PATHS.max_hops + 1,
         max_neighbours=CFG.max_neighbours))) for e in examples])
-    together = generate_texts(model.llm, tokenizer, prompts, embed_fn=model.embed_fn(graphs), max_new_tokens=6,
-                              batch_size=3, progress=False)
-    alone = [generate_texts(model.llm, tokenizer, [p], max_new_tokens=6, progress=False,
-                            embed_fn=model.embed_fn({k: v[i: i + 1] for k, v in graphs.items()}))[0]
+    together = generate_texts(model.llm, tokenizer, prompts, hooks=GenerationHooks(embed_fn=model.embed_fn(graphs)),
+                              max_new_tokens=6, batch_size=3, progress=False)
+    alone = [generate_texts(model.llm, tokenizer, [p], max_new_tokens=6, progress=False, hooks=GenerationHooks(
+                            embed_fn=model.embed_fn({k: v[i: i + 1] for k, v in graphs.items()})))[0]
              for i, p in enumerate(prompts)]
     assert together == alone and all(together)
     plain = generate_texts(model.llm, tokenizer, prompts, max_new_tokens=6, batch_size=3, progress=False)

@@ -10,6 +10,7 @@ import torch
 from explainrec.data.collate import IGNORE_INDEX
 from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN, render_prompt
 from explainrec.llm.generate import generate_texts
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.llm.load import load_llm
 from explainrec.methods.recexplainer.alignment_data import build_alignment_rows
 from explainrec.methods.recexplainer.alignment_eval import next_token_logits
@@ -128,9 +129,10 @@ def test_generation_through_embed_fn(built, small_ds, small_mf):
     rows = build_alignment_rows(small_ds, small_mf, "intention", tasks=["interest"], max_users=3)[:3]
     prompts = [render_prompt(tok, r["prompt"]) for r in rows]
     soft = [r["soft_ids"] for r in rows]
-    together = generate_texts(model.llm, tok, prompts, embed_fn=model.embed_fn(soft), max_new_tokens=6,
-                              batch_size=3, progress=False)
-    alone = [generate_texts(model.llm, tok, [p], embed_fn=model.embed_fn([s]), max_new_tokens=6, progress=False)[0]
+    together = generate_texts(model.llm, tok, prompts, hooks=GenerationHooks(embed_fn=model.embed_fn(soft)),
+                              max_new_tokens=6, batch_size=3, progress=False)
+    alone = [generate_texts(model.llm, tok, [p], hooks=GenerationHooks(embed_fn=model.embed_fn([s])), max_new_tokens=6,
+                            progress=False)[0]
              for p, s in zip(prompts, soft)]
     assert together == alone
     # embed_fn reads the ids of the prompts generate_texts names by index, in the batch's own order

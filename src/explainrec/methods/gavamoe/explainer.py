@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.methods.base import Explainer, Prepared
 from explainrec.methods.gavamoe.modeling import GaVaMoE
 from explainrec.methods.gavamoe.prompting import prompt_for
@@ -57,10 +58,11 @@ def gavamoe_explainer(model: GaVaMoE, tokenizer, users, items, *, method: str, i
         # the prompt prefix before the soft tokens is the same text for every pair, but its hidden states differ by
         # gate: it is run once per cluster and its expert counts are added to every pair of that cluster
         return Prepared(cold_start=[bool(u < 0 or it < 0) for u, it in zip(user.tolist(), item.tolist())],
-                        embed_fn=lambda ids, index: model.embed(ids, user[index], item[index]),
-                        batch_context=batch_context, extras=extras,
-                        generate_options={"prefix_group": lambda index: clusters[index],
-                                          "prefix_context": prefix_context})
+                        hooks=GenerationHooks(embed_fn=lambda ids, index: model.embed(ids, user[index], item[index]),
+                                              batch_context=batch_context,
+                                              prefix_group=lambda index: clusters[index],
+                                              prefix_context=prefix_context),
+                        extras=extras)
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt_for(profiles), prepare=prepare,
                      model=model, info=info, known_users=users, known_items=items)

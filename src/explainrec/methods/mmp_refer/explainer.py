@@ -2,6 +2,7 @@
 paths it rests on (as the prompt wrote them, and as raw ids), so a reader sees what the text was given."""
 from __future__ import annotations
 
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.methods.base import Explainer, Prepared
 
 
@@ -56,7 +57,7 @@ def mmp_explainer(model, tokenizer, stage, texts, users, items, *, cfg, method: 
                     "path_nodes": [[node_id(x) for x in p] for p in found[n]]}
 
         return Prepared(cold_start=[bool(a < 0 or b < 0) for a, b in zip(u.tolist(), i.tolist())],
-                        embed_fn=model.embed_fn(stack_graphs(graphs)), extras=extras)
+                        hooks=GenerationHooks(embed_fn=model.embed_fn(stack_graphs(graphs))), extras=extras)
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt, prepare=prepare, model=model,
                      info={**info, "k": cfg.k}, known_users=users, known_items=items)

@@ -176,10 +176,11 @@ def generate_candidates(model, tokenizer, prompts: Sequence[str], soft_ids: Sequ
 def generate_greedy(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: int = 96, batch_size: int = 8) -> list[str]:
     """Greedy answers to the rows' prompts through :func:`explainrec.llm.generate.generate_texts`."""
     from explainrec.llm.generate import generate_texts
+    from explainrec.llm.hooks import GenerationHooks
 
     embed_fn = model.embed_fn([r["soft_ids"] for r in rows]) if hasattr(model, "embed_fn") else None
     return generate_texts(_lm(model), tokenizer, prompts_of(tokenizer, rows), batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, embed_fn=embed_fn, progress=False)
+                          max_new_tokens=max_new_tokens, hooks=GenerationHooks(embed_fn=embed_fn), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------- Task 1

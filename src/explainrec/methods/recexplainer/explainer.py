@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from explainrec.llm.hooks import GenerationHooks
 from explainrec.methods.base import Explainer, Prepared
 
 
@@ -62,7 +63,7 @@ def recexplainer_explainer(model, tokenizer, rec, names: list[str], users, items
                     "recommender_decision": verdict, "history": [names[h] for h in asked[k][2]]}
 
         return Prepared(cold_start=[not bool(k) for k in known.tolist()], messages=[a[0] for a in asked],
-                        embed_fn=model.embed_fn([a[1] for a in asked]), extras=extras)
+                        hooks=GenerationHooks(embed_fn=model.embed_fn([a[1] for a in asked])), extras=extras)
 
     return Explainer(method=method, llm=model.llm, tokenizer=tokenizer, prompt=prompt, prepare=prepare, model=model,
                      info={**info, "variant": variant, "recommender": rec.kind}, known_users=users, known_items=items)
