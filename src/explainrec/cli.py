@@ -160,7 +160,7 @@ def train(
     dataset = _load_data(data, trust_pickle, seed=getattr(cfg, "seed", 0))
     trained = train_run(m, dataset, out, cfg, resume=resume, overwrite=overwrite, progress=True,
                         echo=typer.echo, inputs=tuple(inputs), command=_command_line())
-    typer.echo(json.dumps({k: v for k, v in trained.summary.items() if k != "config"}, indent=2, default=str))
+    typer.echo(json.dumps({k: v for k, v in trained.summary.to_dict().items() if k != "config"}, indent=2, default=str))
     typer.echo(f"wrote {out}" + (f" (model: {out / 'model'})" if (out / "model").exists() else ""))
 
 
@@ -204,6 +204,12 @@ def explain(
     pair_file: Optional[Path] = typer.Option(None, "--pair-file", help="One pair: a JSON object with user, item and "
                                              "optionally title, user_profile, item_profile, features, rating."),
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Explain a stream of pairs instead of a split: JSON "
+                                         "lines or Parquet, one pair per record (user, item, optionally title, "
+                                         "user_profile, item_profile, features, rating, explanation) or a top-k list "
+                                         "(user, items, optionally scores); read a chunk at a time. With --data, what "
+                                         "a record leaves out is taken from the dataset. Under `accelerate launch` / "
+                                         "`torchrun` each process explains its share (docs/scale.md)."),
     out: Path = typer.Option(Path("preds.jsonl"), "--out", help="Predictions file (JSON lines) to write; may be "
                              "inside the run folder (beside its model), never an input or an existing file without "
                              "--overwrite."),
@@ -213,7 +219,7 @@ def explain(
                                 "in OUT.parts/); the same settings are required."),
     chunk_size: int = typer.Option(128, "--chunk-size", min=1, help="Pairs written per chunk (OUT.parts/, then OUT "
                                    "whole): a stop keeps every finished chunk."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Explain only the first N pairs of the split."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Explain only the first N pairs of the split (or of --pairs)."),
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1,
                                    help="Prompts generated together (sorted by length, left-padded, KV-cached)."),
     max_new_tokens: int = typer.Option(60, "--max-new-tokens", min=1, help="Longest explanation, in tokens."),
@@ -229,9 +235,13 @@ def explain(
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
-    """Write an explanation for every user-item pair of a split (then run `explainrec evaluate`), or for one pair."""
+    """Write an explanation for every user-item pair of a split or of a stream of pairs (--pairs; then run
+    `explainrec evaluate`), or for one pair."""
+    from contextlib import nullcontext
+
     from explainrec.folders import writing_into
-    from explainrec.methods.explain import check_chunked_output, explain_split, normalise_split
+    from explainrec.methods.explain import check_chunked_output, explain_pairs, explain_split, normalise_split
+    from explainrec.methods.sharding import current_launch
 
     generation = GenerationConfig.from_dict(dict(
         batch_size=batch_size, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
@@ -253,22 +263,46 @@ def explain(
             row["note"] = "the model never saw this user or item in training: it took the cold-start path"
         typer.echo(json.dumps(row, indent=2, ensure_ascii=False))
         return
-    if data is None:
-        raise UsageError("--data is required to explain a split (or give --user and --item for one pair)")
+    if data is None and pairs is None:
+        raise UsageError("--data is required to explain a split, --pairs FILE to explain a stream of pairs (or give "
+                         "--user and --item for one pair)")
     split = normalise_split(split)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     inputs, runs = _model_inputs(model)
-    check_output_file(out, inputs=[data_path(data), decoding, *inputs], runs=runs, overwrite=overwrite)
-    check_chunked_output(out, resume=resume, overwrite=overwrite)
-    dataset = _load_data(data, trust_pickle)
+    launch = current_launch()
+
+    def check_output() -> None:  # once, by the main process, before any process loads or writes anything
+        check_output_file(out, inputs=[data_path(data) if data else None, pairs, decoding, *inputs], runs=runs,
+                          overwrite=overwrite)
+        check_chunked_output(out, resume=resume, overwrite=overwrite)
+
+    launch.main_decides(check_output)
+    stream = None
+    if pairs is not None:
+        from explainrec.data.pair_stream import PairStream
+
+        stream = PairStream(check_input_file(pairs, option="--pairs"), limit=limit)
+        stream.scan(chunk_size)  # every record checked before the model loads
+    dataset = _load_data(data, trust_pickle) if data is not None else None
     explainer = _open_explainer(model, method, precision)
     identity = {"model": _model_identity(model, explainer), "precision": explainer.info.get("precision")}
-    with writing_into(out.parent, command=_command_line()):
-        _, stats = explain_split(explainer, dataset, split, limit=limit, out=out, generation=generation,
-                                 progress=True, chunk_size=chunk_size, resume=resume, identity=identity,
-                                 echo=typer.echo)
-    typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
+    with writing_into(out.parent, command=_command_line()) if launch.is_main else nullcontext():
+        if stream is not None:
+            from explainrec.data.pair_stream import DatasetText
+
+            text = DatasetText(dataset) if dataset is not None else None
+            _, stats = explain_pairs(explainer, stream, out, chunk_size=chunk_size, generation=generation,
+                                     resume=resume, identity=identity, text=text, launch=launch, echo=typer.echo)
+        else:
+            _, stats = explain_split(explainer, dataset, split, limit=limit, out=out, generation=generation,
+                                     progress=True, chunk_size=chunk_size, resume=resume, identity=identity,
+                                     launch=launch, echo=typer.echo)
+    if launch.is_main:
+        typer.echo(f"wrote {out}\n{_format_throughput(stats)}")
+    else:
+        typer.echo(f"process {launch.rank} of {launch.world}: its chunks are written; the main process writes "
+                   f"{out}\n{_format_throughput(stats)}")
 
 
 def _model_inputs(model: Optional[str]) -> tuple[list[Path], list[Path]]:

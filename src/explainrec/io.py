@@ -71,16 +71,18 @@ def _fsync_tree(folder: Path) -> None:
         _fsync_dir(Path(root))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, flush it to disk, then rename it over ``path``: a reader (or a crash)
-    sees the old file or the new one, never a part; the file keeps its permission bits."""
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator:
+    """A binary file to write ``path`` through: a temporary sibling, flushed to disk and renamed over ``path`` when
+    the block ends (removed if it raises), so a reader (or a crash) sees the old file or the new one, never a part;
+    the file keeps its permission bits. For outputs too large to build in memory first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _mode_for(path, 0o666))
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -88,6 +90,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (:func:`atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
