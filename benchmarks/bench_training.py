@@ -78,13 +78,13 @@ def main() -> None:
                     t = time.perf_counter()
                     summary = train_run(gavamoe, ds, run, cfg, progress=False, echo=lambda *_: None).summary
                     wall = time.perf_counter() - t
-                    pairs = summary["steps"] * args.batch_size
+                    pairs = summary.steps * args.batch_size
                     row = results.setdefault(method, {}).setdefault(name, [])
-                    row.append({"pairs_per_s": pairs / summary["train_seconds"], "valid_nll":
-                                summary["last_valid"]["valid_nll"], "train_seconds": summary["train_seconds"],
+                    row.append({"pairs_per_s": pairs / summary.seconds, "valid_nll":
+                                summary.metrics["last_valid"]["valid_nll"], "train_seconds": summary.seconds,
                                 "wall": wall})
                     print(f"{method:<8} {name:<6} round {r}: {row[-1]['pairs_per_s']:.3f} pairs/s "
-                          f"({summary['train_seconds']:.0f} s of training), valid NLL {row[-1]['valid_nll']:.4f}",
+                          f"({summary.seconds:.0f} s of training), valid NLL {row[-1]['valid_nll']:.4f}",
                           flush=True)
                     shutil.rmtree(run)
     print(f"\n{'method':<8} {'today pairs/s':>14} {'new pairs/s':>12} {'ratio':>6} {'NLL today':>10} {'NLL new':>8} "

@@ -76,7 +76,7 @@ def test_mini_config_end_to_end(finished):
         assert f"figures/{name}.png" in report
     runs = out / "synthetic"
     # the cost table shows each trained run's last validation NLL, as its train_summary.json has it
-    nll = json.loads((runs / "gavamoe" / "seed0" / "train_summary.json").read_text())["last_valid"]["valid_nll"]
+    nll = json.loads((runs / "gavamoe" / "seed0" / "train_summary.json").read_text())["metrics"]["last_valid"]["valid_nll"]
     cost_row = next(line for line in report.splitlines() if line.startswith("| synthetic/gavamoe/seed0 | done |"))
     assert f"| {nll:.3f} |" in cost_row
     assert sorted(p.name for p in runs.iterdir()) == sorted(load_config(root / "mini.yaml")["runs"])

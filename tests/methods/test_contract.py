@@ -15,8 +15,9 @@ from explainrec.config import ConfigError
 from explainrec.data import make_synthetic
 from explainrec.llm.decoding import GenerationConfig
 from explainrec.methods import registry
+from explainrec.methods.base import TrainSummary
 from explainrec.methods.model_folder import load_run
-from explainrec.methods.runs import train_run
+from explainrec.methods.runs import read_summary, train_run
 
 QUIET = dict(progress=False, echo=lambda *_: None)
 ALL = registry.names()
@@ -56,6 +57,15 @@ def test_trained_model_explains_the_same_after_save_and_load(name, data, tmp_pat
     assert in_memory == reloaded  # the method's extras (cluster, experts, ...) too
     manifest = json.loads((tmp_path / "run" / "model" / "explainrec.json").read_text())
     assert manifest["method"] == name and manifest["config"] == method.make_config("tiny").to_dict()
+    # one typed summary for every method and each of its stages (every stage-only entry is some method's stage),
+    # written by train_run and read back as it was returned
+    assert isinstance(trained.summary, TrainSummary) and trained.summary.steps is not None
+    assert trained.summary.config == manifest["config"]
+    assert read_summary(tmp_path / "run").to_dict() == json.loads(json.dumps(trained.summary.to_dict()))
+    for use in method.stages(method.make_config("tiny")):
+        stage = read_summary(tmp_path / "run" / use.folder)
+        assert stage is not None and stage.seconds >= 0 and stage.config == use.config.to_dict(), use.folder
+        assert stage.metrics == json.loads((tmp_path / "run" / use.folder / "metrics.json").read_text())
 
 
 def _budget(config) -> tuple[str, int, int]:

@@ -55,7 +55,7 @@ def test_curve_texts_are_the_models_own_and_leave_training_unchanged(name, data,
     # drawing curves neither consumes the training's random streams nor leaves the model in eval mode
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "run")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert plain.summary["last_valid"]["valid_nll"] == trained.summary["last_valid"]["valid_nll"]
+    assert plain.summary.metrics["last_valid"]["valid_nll"] == trained.summary.metrics["last_valid"]["valid_nll"]
 
 
 def test_a_curve_point_lost_in_an_interruption_is_written_on_resume(data, tmp_path):

@@ -66,7 +66,7 @@ def _train_in_process() -> None:
     for name, p in sorted(captured["model"].named_parameters()):
         digest.update(name.encode() + p.detach().cpu().numpy().tobytes())
     rank = PartialState().process_index
-    (out / f"rank{rank}.json").write_text(json.dumps({"steps": trained.summary["steps"], "weights": digest.hexdigest(),
+    (out / f"rank{rank}.json").write_text(json.dumps({"steps": trained.summary.steps, "weights": digest.hexdigest(),
                                                       "writes": writes, "processes": captured["processes"],
                                                       "users_seen": captured["users"]}))
 

@@ -47,19 +47,20 @@ class RunResult:
     done: dict | None = None
     stage1: dict | None = None  # metrics.json of the run's clustering stage (GaVaMoE's stage1/, a vae-gmm stage/)
     stage_dir: Path | None = None  # that stage's folder
-    train: dict | None = None  # RUN/train_summary.json (trained methods)
+    train: object | None = None  # RUN/train_summary.json as a TrainSummary (trained methods)
     error: str | None = None  # last line of RUN/error.txt
 
 
 def collect(planned: list[PlannedRun]) -> list[RunResult]:
     from explainrec.bench.runner import stage_folders
+    from explainrec.methods.runs import read_summary
 
     results = []
     for p in planned:
         r = RunResult(p, run_state(p))
         if r.state == "done":
             r.done = _read_json(p.run_dir / "done.json")
-            r.train = _read_json(p.run_dir / "train_summary.json")
+            r.train = read_summary(p.run_dir)
         if r.state != "stale":
             for folder in stage_folders(p.spec, p.run_dir):  # the stage that clustered the pairs, if any
                 metrics = _read_json(folder / "metrics.json")
@@ -572,9 +573,10 @@ SECTIONS = {"main": section_main, "decoding": section_decoding, "ablation": sect
 
 def section_costs(results: list[RunResult]) -> list[str]:
     lines = ["## Cost per run", "",
-             "Train time: the method's own training clock (stage 2 for GaVaMoE; for vae-gmm stage 1, whose steps are "
-             "epochs). Valid NLL: the explanation NLL on the validation pairs at the last validation. Wall: the "
-             "last call that finished the run (train / explain / evaluate), including model loading.", "",
+             "Train steps and time: the method's own optimizer steps and training clock, its stages excluded (a stage "
+             "that trains epoch by epoch counts epochs). Valid NLL: the explanation NLL on the validation pairs at "
+             "the last validation. Wall: the last call that finished the run (train / explain / evaluate), including "
+             "model loading.", "",
              "| Run | state | train steps | train time | valid NLL | explained | new tokens | tokens/s | explanations/s | wall (train / explain / evaluate) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
@@ -585,9 +587,12 @@ def section_costs(results: list[RunResult]) -> list[str]:
         def num(x, f="{:.1f}"):
             return "–" if x is None else f.format(x)
 
+        steps = num(d.get("train_steps"), "{}") if d.get("train_steps") is not None or d.get("train_epochs") is None \
+            else f"{d['train_epochs']} epochs"
+        last_valid = (r.train.metrics.get("last_valid") if r.train is not None else None) or {}
         lines.append(
-            f"| {p.dataset}/{p.run}/seed{p.seed} | {r.state} | {num(d.get('train_steps'), '{}')} | "
-            f"{num(d.get('train_seconds'), '{:.0f} s')} | {num(((r.train or {}).get('last_valid') or {}).get('valid_nll'), '{:.3f}')} | "
+            f"| {p.dataset}/{p.run}/seed{p.seed} | {r.state} | {steps} | "
+            f"{num(d.get('train_seconds'), '{:.0f} s')} | {num(last_valid.get('valid_nll'), '{:.3f}')} | "
             f"{num(gen.get('explanations'), '{}')} | "
             f"{num(gen.get('new_tokens'), '{}')} | {num(gen.get('tokens_per_s'))} | {num(gen.get('explanations_per_s'), '{:.2f}')} | "
             + (" / ".join(f"{wall.get(k, 0):.0f}" for k in ("train", "explain", "evaluate")) + " s" if wall else "–") + " |")

@@ -163,23 +163,22 @@ def _copy_stage(source: Path, target: Path, echo) -> None:
 def _train(spec: RunSpec, dataset, run_dir: Path, echo, progress: bool):
     """Train the spec's method into ``run_dir`` unless its model is already there.
 
-    Returns ``(summary, explainer)``: the explainer holds the model just trained (None when it was trained before,
-    or for a stage-only method), so a fresh run explains without reloading it.
+    Returns ``(summary, explainer)``: the :class:`~explainrec.methods.base.TrainSummary` and the explainer holding
+    the model just trained (None when it was trained before, or for a stage-only method), so a fresh run explains
+    without reloading it.
     """
-    from explainrec.methods.runs import CONFIG_FILE, ensure_stage, train_run
+    from explainrec.methods.runs import CONFIG_FILE, ensure_stage, read_summary, train_run
 
     if not spec.method_entry().explains:
         (use,) = stage_uses(spec)
         folder = ensure_stage(use, dataset, run_dir, resume=True, progress=progress, echo=echo)
-        return json.loads((folder / "metrics.json").read_text()), None
-    summary_path = run_dir / "train_summary.json"
-    if (run_dir / "model").exists() and summary_path.exists():
-        return json.loads(summary_path.read_text()), None
+        return read_summary(folder, stage=True), None
+    summary = read_summary(run_dir)
+    if (run_dir / "model").exists() and summary is not None:
+        return summary, None
     resume = (run_dir / CONFIG_FILE).exists()
     trained = train_run(spec.method_entry(), dataset, run_dir, spec.config(), resume=resume, progress=progress,
                         echo=echo, command=f"explainrec bench (run {run_dir})")
-    if not summary_path.exists():  # zero-shot writes no summary of its own
-        atomic_write_json(summary_path, trained.summary)
     return trained.summary, trained.explainer
 
 
@@ -314,10 +313,10 @@ def _run_one(spec: RunSpec, run_dir: Path, *, dataset, bertscore: bool, progress
     t0 = time.perf_counter()
     summary, explainer = _train(spec, dataset, run_dir, echo, progress)
     t1 = time.perf_counter()
+    trained = {"train_seconds": round(summary.seconds, 1), "train_steps": summary.steps, "train_epochs": summary.epochs}
     if not spec.method_entry().explains:  # a stage alone: its metrics are the result
         done = {"evaluation": EVALUATION_VERSION, "metrics": {}, "std": {}, "buckets": {}, "n": 0, "generation": None,
-                "train_seconds": round(summary.get("seconds_total", summary.get("train_seconds", 0.0)) or 0.0, 1),
-                "train_steps": summary.get("epochs_run", summary.get("epochs_done")), "stage": summary,
+                **trained, "stage": summary.metrics,
                 "seconds_this_call": {"train": round(t1 - t0, 1), "explain": 0.0, "evaluate": 0.0}}
         atomic_write_json(done_path, done)
         return done
@@ -344,8 +343,7 @@ def _run_one(spec: RunSpec, run_dir: Path, *, dataset, bertscore: bool, progress
         "std": result.get("std", {}),
         "buckets": result.get("buckets", {}),
         "n": result["n"],
-        "train_seconds": summary.get("train_seconds"),
-        "train_steps": summary.get("steps"),
+        **trained,
         "generation": json.loads(gen_path.read_text()),
         "seconds_this_call": {"train": round(t1 - t0, 1), "explain": round(t2 - t1, 1),
                               "evaluate": round(time.perf_counter() - t2, 1)},

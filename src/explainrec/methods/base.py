@@ -39,11 +39,51 @@ class StageUse:
 
 
 @dataclass
-class Trained:
-    """What training returns: the JSON-able summary (also in ``RUN/train_summary.json``) and, for methods that
-    explain, an :class:`Explainer` on the model still in memory (the same weights ``model/`` holds)."""
+class TrainSummary:
+    """What a training reports, in the same fields for every method and stage, zero-shot included.
 
-    summary: dict
+    :func:`explainrec.methods.runs.train_run` writes it to ``RUN/train_summary.json`` (a stage's to
+    ``RUN/<stage>/train_summary.json``); the bench's ``done.json`` and cost table read it from there.
+
+    seconds   the method's own training clock (its stages excluded: each reports its own)
+    steps     optimizer steps taken; None where the method counts epochs only (a stage trained epoch by epoch)
+    epochs    passes over the train split; None where the method does not count them
+    metrics   the method's own figures: the last validation, whether a budget stopped it, trainable parameters,
+              a stage's test metrics (what ``RUN/<stage>/metrics.json`` holds)
+    config    the resolved settings
+    """
+
+    seconds: float
+    steps: int | None = None
+    epochs: int | None = None
+    metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"seconds": round(float(self.seconds), 1), "steps": self.steps, "epochs": self.epochs,
+                "metrics": self.metrics, "config": self.config}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSummary":
+        """A summary as written by :meth:`to_dict`, or by explainrec before it was typed (flat, with
+        ``train_seconds`` / ``seconds_total`` and ``epochs_done`` / ``epochs_run``, or a stage's metrics.json):
+        run folders written then are still read."""
+        if isinstance(data.get("metrics"), dict) and "seconds" in data:
+            return cls(seconds=float(data["seconds"] or 0.0), steps=data.get("steps"), epochs=data.get("epochs"),
+                       metrics=dict(data["metrics"]), config=dict(data.get("config") or {}))
+        seconds = next((data[k] for k in ("train_seconds", "seconds_total", "seconds") if data.get(k) is not None), 0.0)
+        epochs = next((data[k] for k in ("epochs_done", "epochs_run") if data.get(k) is not None), None)
+        metrics = {k: v for k, v in data.items() if k not in ("steps", "config")}
+        return cls(seconds=float(seconds), steps=data.get("steps"), epochs=epochs, metrics=metrics,
+                   config=dict(data.get("config") or {}))
+
+
+@dataclass
+class Trained:
+    """What training returns: its :class:`TrainSummary` and, for methods that explain, an :class:`Explainer` on the
+    model still in memory (the same weights ``model/`` holds)."""
+
+    summary: TrainSummary
     explainer: "Explainer | None" = None
 
 

@@ -97,22 +97,23 @@ def curve_texts(cfg, dataset: Dataset, out: Path, explainer_for: Callable[[torch
     return write
 
 
-def summary(state: dict, cfg, **more) -> dict:
-    """What ``train_summary.json`` holds for every LLM method."""
-    return {"steps": state["step"], "train_seconds": round(state["seconds"], 1), "epochs_done": state["epoch"],
-            "budget_hit": state["budget_hit"], "last_valid": state["valid"][-1] if state["valid"] else None,
-            **more, "config": cfg.to_dict()}
+def summary(state: dict, cfg, **more):
+    """The :class:`~explainrec.methods.base.TrainSummary` of the shared loop's final ``state``; ``more``: the
+    method's own figures (trainable parameters, its stage's headline numbers)."""
+    from explainrec.methods.base import TrainSummary
+
+    return TrainSummary(seconds=state["seconds"], steps=state["step"], epochs=state["epoch"], config=cfg.to_dict(),
+                        metrics={"budget_hit": state["budget_hit"],
+                                 "last_valid": state["valid"][-1] if state["valid"] else None, **more})
 
 
-def finish(acc, out: Path, summary_: dict, save: Callable[[], None], explainer: Callable[[], object]):
-    """Main process writes the model folder and the summary; every process waits for it. Returns
+def finish(acc, summary_, save: Callable[[], None], explainer: Callable[[], object]):
+    """Main process writes the model folder; every process waits for it. Returns
     :class:`~explainrec.methods.base.Trained` with ``explainer()`` (built after saving: saving merges LoRA)."""
-    from explainrec.io import atomic_write_json
     from explainrec.methods.base import Trained
 
     if acc.is_main_process:
         save()
-        atomic_write_json(out / "train_summary.json", summary_)
     acc.wait_for_everyone()
     return Trained(summary_, explainer() if acc.is_main_process else None)
 

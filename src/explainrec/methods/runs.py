@@ -4,7 +4,7 @@
     RUN/<stage>/             each upstream stage (its own run folder: model/, checkpoint/, reports)
     RUN/checkpoint/          the method's last training state (``resume=True`` continues it)
     RUN/model/               the finished model (explainrec.json + weights): what load_run opens
-    RUN/train_summary.json   steps, time, last validation
+    RUN/train_summary.json   the TrainSummary: seconds, steps, epochs, the method's figures (a stage has its own)
 
 A folder that already holds a run is continued only with ``resume=True`` and replaced only with
 ``overwrite=True``; a stage found in the folder is reused only when it was trained with the same settings on the
@@ -19,11 +19,12 @@ import shutil
 from pathlib import Path
 
 from explainrec.config import Config, ConfigError
-from explainrec.methods.base import Method, StageUse
+from explainrec.methods.base import Method, StageUse, TrainSummary
 from explainrec.methods.model_folder import MANIFEST, data_fingerprint, find_model_folder, read_manifest
 
 CONFIG_FILE = "config.yaml"
-RUN_MARKERS = ("config.yaml", "checkpoint", "model", "train_summary.json")
+SUMMARY_FILE = "train_summary.json"
+RUN_MARKERS = ("config.yaml", "checkpoint", "model", SUMMARY_FILE)
 
 
 class RunFolderError(ConfigError):
@@ -184,9 +185,31 @@ def ensure_stage(use: StageUse, dataset, run_dir: Path, *, resume: bool, progres
     if state.is_main_process:  # a stage is small next to the LLM: one process trains it, the others wait
         echo(f"[{use.method}] training the {use.folder} stage -> {folder}")
         folder.mkdir(parents=True, exist_ok=True)
-        stage.train(dataset, folder, use.config, stages={}, resume=resume, progress=progress, echo=echo)
+        trained = stage.train(dataset, folder, use.config, stages={}, resume=resume, progress=progress, echo=echo)
+        write_summary(folder, trained.summary)
     state.wait_for_everyone()
     return folder
+
+
+def write_summary(folder: Path, summary: TrainSummary) -> None:
+    """``FOLDER/train_summary.json``: the one place every method's and stage's summary is written (main process)."""
+    from explainrec.io import atomic_write_json
+
+    if _process().is_main_process:
+        atomic_write_json(Path(folder) / SUMMARY_FILE, summary.to_dict())
+
+
+def read_summary(folder: Path, *, stage: bool = False) -> TrainSummary | None:
+    """The :class:`TrainSummary` of a run folder, or with ``stage`` of a stage folder (one trained before summaries
+    were written has its ``metrics.json`` read in its place). None when there is none (or it is unreadable)."""
+    import json
+
+    for name in (SUMMARY_FILE, "metrics.json") if stage else (SUMMARY_FILE,):
+        try:
+            return TrainSummary.from_dict(json.loads((Path(folder) / name).read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def check_training(method: Method, dataset, cfg: Config) -> None:
@@ -255,7 +278,9 @@ def train_run(method: Method, dataset, out: str | Path, cfg: Config, *, resume: 
                 write_run_config(out, method, cfg, resume=resume, dataset=dataset)
                 stages = {use.folder: ensure_stage(use, dataset, out, resume=resume, progress=progress, echo=echo)
                           for use in method.stages(cfg)}
-                return method.train(dataset, out, cfg, stages=stages, resume=resume, progress=progress, echo=echo)
+                trained = method.train(dataset, out, cfg, stages=stages, resume=resume, progress=progress, echo=echo)
+                write_summary(out, trained.summary)
+                return trained
             except BaseException:
                 _undo_aborted_start(out, before)
                 raise

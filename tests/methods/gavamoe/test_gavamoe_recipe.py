@@ -22,7 +22,7 @@ def _cfg(*overrides):
 
 def test_run_folder_contents(data, tmp_path):
     trained = train_run(registry.get("gavamoe"), data, tmp_path / "run", _cfg("max_steps=3"), **QUIET)
-    assert trained.summary["steps"] == 3 and trained.summary["budget_hit"]
+    assert trained.summary.steps == 3 and trained.summary.metrics["budget_hit"]
     for name in ("config.yaml", "stage1/model/model.safetensors", "stage1/clusters.csv", "stage1/metrics.json",
                  "model/model.safetensors", "model/explainrec.json", "model/id_maps.json", "model/tokenizer.json",
                  "checkpoint/COMPLETE", "train_log.jsonl", "loss_curves.png", "train_summary.json"):
@@ -45,8 +45,8 @@ def test_implicit_feedback_data_trains_and_validates(data, tmp_path):
     implicit = Dataset(name="implicit", interactions=Interactions(inter.user, inter.item, inter.split),
                        examples=[replace(e, rating=None) for e in data.examples], users=data.users, items=data.items)
     summary = train_run(registry.get("gavamoe"), implicit, tmp_path / "run", _cfg(), **QUIET).summary
-    assert summary["steps"] == 2
-    assert summary["last_valid"]["valid_elbo"] > 0 and summary["last_valid"]["valid_nll"] > 0
+    assert summary.steps == 2
+    assert summary.metrics["last_valid"]["valid_elbo"] > 0 and summary.metrics["last_valid"]["valid_nll"] > 0
 
 
 def test_the_papers_input_leaves_the_profiles_out_in_training_and_after_loading(data, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from explainrec.config import ConfigError
 from explainrec.data import make_synthetic
 from explainrec.data.schema import DataError, Dataset, Example, IdMap, Interactions
 from explainrec.methods.gavamoe.config import VaeGmmConfig
@@ -190,7 +191,8 @@ def fit_clusters(ds, k: int, out, *, resume: bool = False, **settings):
     """Train the vae-gmm stage into ``out`` as the registry does; return what the tests look at."""
     out = Path(out)
     cfg = VaeGmmConfig.from_dict({**settings, "clusters": k})
-    metrics = VaeGmmStage().train(ds, out, cfg, stages={}, resume=resume, progress=False, echo=lambda *_: None).summary
+    metrics = VaeGmmStage().train(ds, out, cfg, stages={}, resume=resume, progress=False,
+                                  echo=lambda *_: None).summary.metrics
     model, _, _ = load_vae_gmm(out)
     return SimpleNamespace(metrics=metrics, model=model, out_dir=out, clusters_path=out / "clusters.csv",
                            history=json.loads((out / "history.json").read_text()))
@@ -339,7 +341,7 @@ def test_implicit_data_uses_bernoulli_and_reports_auc(synthetic, small, tmp_path
     res = fit_clusters(_implicit(synthetic), 4, tmp_path / "imp", **{**FAST, "pretrain_epochs": 10, "epochs": 2})
     assert res.model.likelihood == "bernoulli" and res.model.rating_head is None
     assert "test_rmse" not in res.metrics and res.metrics["test_auc"] > 0.6
-    with pytest.raises(DataError, match="needs ratings"):
+    with pytest.raises(ConfigError, match="needs ratings"):  # a setting the data cannot serve
         fit_clusters(_implicit(small), 2, tmp_path / "bad", likelihood="gaussian", epochs=1, **TINY)
 
 

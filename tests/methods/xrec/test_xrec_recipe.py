@@ -16,7 +16,7 @@ def test_frozen_llm_is_not_saved_and_lora_is(tmp_path):
     data = make_synthetic(n_users=30, n_items=25, n_types=2, seed=7)
     xrec = registry.get("xrec")
     trained = train_run(xrec, data, tmp_path / "run", xrec.make_config("tiny"), **QUIET)
-    assert "recall@20" in trained.summary["lightgcn"]
+    assert "recall@20" in trained.summary.metrics["lightgcn"]
     for name in ("lightgcn/model/embeddings.safetensors", "lightgcn/metrics.json", "model/model.safetensors",
                  "model/explainrec.json", "model/id_maps.json", "loss_curves.png", "checkpoint/COMPLETE"):
         assert (tmp_path / "run" / name).exists(), name

@@ -99,5 +99,5 @@ def train(dataset: Dataset, out: Path, cfg: GaVaMoEConfig, stage1: Path, *, resu
                                      curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=counts, parameters=total)
     return llm_method.finish(
-        acc, out, result, lambda: save_gavamoe(raw, tokenizer, out / "model", cfg, dataset, method=method),
+        acc, result, lambda: save_gavamoe(raw, tokenizer, out / "model", cfg, dataset, method=method),
         lambda: explainer_for(raw))

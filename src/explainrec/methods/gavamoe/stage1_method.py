@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from explainrec.io import atomic_write_json
-from explainrec.methods.base import Method, Trained
+from explainrec.methods.base import Method, Trained, TrainSummary
 from explainrec.methods.gavamoe.config import VaeGmmConfig
 from explainrec.methods.model_folder import ModelFolderError, open_model_folder, read_id_maps
 
@@ -37,13 +37,14 @@ class VaeGmmStage(Method):
         t0 = time.perf_counter()
         model, data, state = train_vae_gmm(dataset, out, config, resume=resume, progress=progress, echo=echo)
         metrics = evaluate_and_write(model, dataset, data, config, out, state)
-        metrics["seconds_total"] = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         atomic_write_json(out / "metrics.json", metrics)
         atomic_write_json(out / "history.json", state["history"])
         save_weights(out / "model", method=self.name, config=config, dataset=dataset, module=model,
                      arch={"vae": model.config})  # last: a stage with a model/ is a finished stage
         echo(f"[vae-gmm] cluster sizes {metrics['cluster_sizes']}" + "".join(f"\n[vae-gmm] warning: {w}" for w in metrics["warnings"]))
-        return Trained(metrics)
+        return Trained(TrainSummary(seconds=seconds, epochs=metrics["epochs_run"], metrics=metrics,
+                                    config=config.to_dict()))
 
 
 def load_vae_gmm(path: str | Path, *, device="cpu"):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from explainrec.io import atomic_write_json
-from explainrec.methods.base import Method, Trained
+from explainrec.methods.base import Method, Trained, TrainSummary
 from explainrec.methods.mmp_refer.config import MMPGraphConfig
 from explainrec.methods.model_folder import ModelFolderError, open_model_folder, read_id_maps, write_model_folder
 
@@ -86,7 +86,7 @@ class MMPGraphStage(Method):
         p = metrics["paths"]
         echo(f"[mmp-graph] paths for {p['pairs']} pairs: {p['mean_paths']:.2f} per pair, {p['pairs_without_paths']} "
              f"without, {p['mean_hops']:.2f} hops, {p['seconds']:.0f} s")
-        return Trained(metrics)
+        return Trained(TrainSummary(seconds=metrics["seconds"], metrics=metrics, config=config.to_dict()))
 
 
 def _edges(dataset) -> tuple[np.ndarray, np.ndarray]:

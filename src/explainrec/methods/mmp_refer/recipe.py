@@ -72,7 +72,7 @@ def train(dataset: Dataset, out: Path, cfg: MMPReferConfig, graph_stage: Path, *
                                      curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=trainable, paths=stage.metrics.get("paths"))
     return llm_method.finish(
-        acc, out, result, lambda: save_mmp(raw, tokenizer, stage, texts, out / "model", cfg, dataset, method),
+        acc, result, lambda: save_mmp(raw, tokenizer, stage, texts, out / "model", cfg, dataset, method),
         lambda: explainer_for(raw))
 
 

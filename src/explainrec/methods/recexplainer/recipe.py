@@ -97,7 +97,7 @@ def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Pat
     result = llm_method.summary(state, cfg, trainable=trainable, alignment_rows={"train": len(train_rows),
                                                                                  "test": len(test_rows)})
     return llm_method.finish(
-        acc, out, result, lambda: save_recexplainer(raw, tokenizer, rec, names, out / "model", cfg, dataset, method),
+        acc, result, lambda: save_recexplainer(raw, tokenizer, rec, names, out / "model", cfg, dataset, method),
         lambda: explainer_for(raw))
 
 

@@ -8,10 +8,11 @@ Run folder: ``model/`` (the recommender's tensors: vectors, weights, the train h
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from explainrec.io import atomic_write_json
-from explainrec.methods.base import Method, Trained
+from explainrec.methods.base import Method, Trained, TrainSummary
 from explainrec.methods.model_folder import ModelFolderError, open_model_folder, read_id_maps, write_model_folder
 from explainrec.methods.recexplainer.config import RecommenderConfig
 
@@ -31,8 +32,10 @@ class RecommenderStage(Method):
 
         from explainrec.methods.recexplainer.recommenders import evaluate_recommender, fit_recommender
 
+        t0 = time.perf_counter()
         rec = fit_recommender(dataset, config.kind, seed=config.seed, progress=progress, echo=echo,
                               **config.trainer_options())
+        seconds = time.perf_counter() - t0
         metrics = {"kind": rec.kind, **evaluate_recommender(rec, dataset, "test")}
         atomic_write_json(out / "metrics.json", metrics)
         atomic_write_json(out / "history.json", rec.train_log)
@@ -41,7 +44,8 @@ class RecommenderStage(Method):
             save_file({k: v.contiguous() for k, v in rec.tensors().items()}, str(tmp / WEIGHTS))
         echo(f"[recommender] {rec.kind}: " + ", ".join(
             f"{who} HR@10 {m.get('hr@10', float('nan')):.4f}" for who, m in metrics.items() if isinstance(m, dict)))
-        return Trained(metrics)
+        return Trained(TrainSummary(seconds=seconds, epochs=len(rec.train_log), metrics=metrics,
+                                    config=config.to_dict()))
 
 
 def load_recommender(path: str | Path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from explainrec.io import atomic_write_json
-from explainrec.methods.base import Method, Trained
+from explainrec.methods.base import Method, Trained, TrainSummary
 from explainrec.methods.model_folder import ModelFolderError, open_model_folder, read_id_maps, write_model_folder
 from explainrec.methods.xrec.config import LightGCNConfig
 
@@ -38,7 +38,8 @@ class LightGCNStage(Method):
                                 extra={"metrics": result.metrics}) as tmp:
             save_file(result.tensors(), str(tmp / WEIGHTS))
         echo(f"[lightgcn] test metrics: {result.metrics}")
-        return Trained(result.metrics)
+        return Trained(TrainSummary(seconds=result.metrics["train_seconds"], epochs=result.metrics["epochs_done"],
+                                    metrics=result.metrics, config=config.to_dict()))
 
 
 def load_lightgcn(path: str | Path):

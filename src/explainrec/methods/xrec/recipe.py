@@ -54,7 +54,7 @@ def train(dataset: Dataset, out: Path, cfg: XRecConfig, lightgcn: Path, *, resum
                                      tag="xrec", curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
     result = llm_method.summary(state, cfg, trainable=trainable, lightgcn=gcn.metrics)
     return llm_method.finish(
-        acc, out, result, lambda: save_xrec(raw, tokenizer, out / "model", cfg, dataset, method),
+        acc, result, lambda: save_xrec(raw, tokenizer, out / "model", cfg, dataset, method),
         lambda: explainer_for(raw))
 
 

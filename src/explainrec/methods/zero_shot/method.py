@@ -12,7 +12,7 @@ from pathlib import Path
 
 from explainrec.config import Config, option
 from explainrec.data.prompts import PROMPT_FIELDS, build_messages
-from explainrec.methods.base import Explainer, Method, Trained
+from explainrec.methods.base import Explainer, Method, Trained, TrainSummary
 
 
 @dataclass
@@ -35,8 +35,8 @@ class ZeroShot(Method):
         with write_model_folder(out / "model", method=self.name, config=config, dataset=None):
             pass
         echo(f"[zero-shot] nothing to train; {out / 'model'} records the config")
-        summary = {"steps": 0, "train_seconds": 0.0, "config": config.to_dict()}
-        return Trained(summary, self.load(out / "model", {"config": config.to_dict()}))
+        return Trained(TrainSummary(seconds=0.0, steps=0, config=config.to_dict()),
+                       self.load(out / "model", {"config": config.to_dict()}))
 
     def load(self, folder: Path, manifest: dict, *, device=None, dtype=None) -> Explainer:
         config = ZeroShotConfig.from_dict(manifest.get("config"), f"{folder}/explainrec.json config")
