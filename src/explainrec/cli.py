@@ -253,6 +253,8 @@ def explain(
         generation = read_decoding(decoding).replace(batch_size=batch_size)
     _check_precision(precision)
     one_pair = any(v is not None for v in (user, item, pair_file))
+    if one_pair and pairs is not None:
+        raise UsageError("--pairs explains a file of pairs, --user/--item/--pair-file one pair: pick one")
     if one_pair:
         pair_text = dict(title=title, user_profile=user_profile, item_profile=item_profile)
         pair, source = _one_pair(user, item, pair_file, pair_text, data, trust_pickle)
