@@ -25,7 +25,21 @@ from explainrec.cli_boundary import (
     stderr_is_terminal,
 )
 
+class _Commands(typer.core.TyperGroup):
+    """The command group; ``evaluate-NAME``, how a method's evaluation was once run, says what replaced it instead
+    of "no such command"."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name.startswith("evaluate-"):
+            name = cmd_name.removeprefix("evaluate-")
+            ctx.fail(f"'{cmd_name}' is now `explainrec evaluate RUN --extra {name} --data DATA [KEY=VALUE ...]` "
+                     f"(options as KEY=VALUE, e.g. limit=100; `explainrec methods METHOD` lists them)")
+        return command
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="LLM-based explainable recommendation: train, explain, evaluate, compare, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -103,8 +117,16 @@ def methods(name: Optional[str] = typer.Argument(None, help="Show one method's s
 
 def _method_help(m) -> str:
     presets = ", ".join(m.presets()) or "none"
-    return (f"{m.name}: {m.description}\n\npresets (--config NAME): {presets}\n\n"
+    text = (f"{m.name}: {m.description}\n\npresets (--config NAME): {presets}\n\n"
             f"settings (KEY=VALUE, nested keys with dots):\n{m.config_class.help_text()}")
+    for e in m.evaluations:
+        text += (f"\n\nevaluation {e.name} (explainrec evaluate RUN --extra {e.name} --data DATA [KEY=VALUE ...]; "
+                 f"a bench runs it on every {m.name} run, options under evaluations: {{{e.name}: ...}}): "
+                 f"{e.description}\n{e.options.help_text()}")
+    for section in m.report_sections:
+        text += f"\n\nbench report section {section.name} (experiments: {{{section.name}: [RUN, ...]}}): " \
+                f"{section.description}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -114,7 +136,7 @@ TRAIN_USAGE = """Usage: explainrec train METHOD --data DATA --out RUN [--config 
 
   Train a registered method (see `explainrec methods`) into the run folder RUN. Settings come from the method's
   defaults, then --config (a preset shipped with the method, e.g. tiny / cpu / paper, or a YAML file), then
-  KEY=VALUE overrides (nested keys with dots: stage1.beta=0.01). RUN/config.yaml keeps the resolved settings.
+  KEY=VALUE overrides (nested keys with dots: lora.r=8). RUN/config.yaml keeps the resolved settings.
 
 Options:
   --data TEXT         {data}
@@ -141,8 +163,9 @@ def train(
     show_help: bool = typer.Option(False, "--help", "-h", help="Show this help."),
 ) -> None:
     """Train METHOD into a run folder (explainrec train METHOD --help lists its settings)."""
+    from explainrec import api
+    from explainrec.config import parse_overrides
     from explainrec.methods import registry
-    from explainrec.methods.runs import train_run
 
     if show_help or method is None:
         typer.echo(TRAIN_USAGE.format(data=DATA_HELP, trust=TRUST_HELP))
@@ -151,15 +174,12 @@ def train(
         if method is None and not show_help:
             raise typer.Exit(2)
         return
-    m = registry.get(method)
+    registry.get(method)  # an unknown method is named before the other mistakes
     if data is None or out is None:
         raise UsageError(f"train {method}: --data and --out are required (explainrec train {method} --help)")
-    cfg = m.make_config(config, list(overrides or []), where=f"train {method}")  # validated before any work
-    inputs = [p for p in (data_path(data), Path(config) if config and Path(config).is_file() else None) if p]
-    check_run_folder(out, inputs=inputs)  # before the data is read: a refused --out costs nothing
-    dataset = _load_data(data, trust_pickle, seed=getattr(cfg, "seed", 0))
-    trained = train_run(m, dataset, out, cfg, resume=resume, overwrite=overwrite, progress=True,
-                        echo=typer.echo, inputs=tuple(inputs), command=_command_line())
+    trained = api.train(method, data, out=out, preset=config, resume=resume, overwrite=overwrite, progress=True,
+                        echo=typer.echo, trust_pickle=trust_pickle, command=_command_line(),
+                        **parse_overrides(list(overrides or [])))
     typer.echo(json.dumps({k: v for k, v in trained.summary.to_dict().items() if k != "config"}, indent=2, default=str))
     typer.echo(f"wrote {out}" + (f" (model: {out / 'model'})" if (out / "model").exists() else ""))
 
@@ -405,8 +425,17 @@ def _format_throughput(stats) -> str:
 @app.command()
 @boundary
 def evaluate(
-    predictions: Path = typer.Argument(..., help="JSON lines with prediction and reference (optional user, features, bucket)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and metrics.md (default: beside the file)."),
+    predictions: Path = typer.Argument(..., metavar="PREDICTIONS|RUN", help="JSON lines with prediction and reference "
+                                       "(optional user, features, bucket); with --extra, a trained run folder."),
+    settings: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="With --extra: that "
+                                                   "evaluation's options (explainrec methods METHOD lists them)."),
+    extra: Optional[str] = typer.Option(None, "--extra", help="Run an evaluation the run's method declares (explainrec "
+                                        "methods METHOD lists them) on RUN instead of scoring a predictions file; "
+                                        "writes NAME.json and NAME.md. Needs --data."),
+    data: Optional[str] = typer.Option(None, "--data", help="With --extra: the dataset RUN was trained on. " + DATA_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json and metrics.md (default: beside the "
+                                       "file), or with --extra for NAME.json and NAME.md (default: RUN)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compute BERTScore (needs the encoder)."),
     bertscore_model: str = typer.Option(
         "minilm",
@@ -420,24 +449,36 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """BLEU-1/4, ROUGE-1/2/L, Distinct-1/2, USR, BERTScore P/R/F1, pair retrieval R@1/R@10/MRR (with chance),
-    FMR/FCR/DIV, with std and per-bucket tables."""
-    from explainrec.metrics import evaluate as run_eval
-    from explainrec.metrics import load_predictions, save_report, to_markdown
+    FMR/FCR/DIV, with std and per-bucket tables; or, with --extra NAME, an evaluation a method declares, run on one
+    of its run folders (explainrec evaluate RUN --extra NAME --data DATA [KEY=VALUE ...])."""
+    from explainrec import api
+    from explainrec.metrics import to_markdown
     from explainrec.metrics.report import report_paths
 
+    if extra is not None:
+        if data is None:
+            raise UsageError(f"--extra {extra}: give --data, the dataset {predictions} was trained on")
+        from explainrec.config import parse_overrides
+        from explainrec.methods.evaluations import declared
+
+        _, evaluation = declared(predictions, extra)  # a method without it is named before any work
+        folder = out if out is not None else predictions
+        api.evaluate(predictions, extra=extra, data=data, out=folder, overwrite=overwrite, trust_pickle=trust_pickle,
+                     echo=typer.echo, command=_command_line(), **parse_overrides(list(settings or [])))
+        written = [folder / name for name in evaluation.files]
+        typer.echo(written[1].read_text(encoding="utf-8") + f"\nwrote {written[0]} and {written[1]}")
+        return
+    if settings or data is not None:
+        raise UsageError("KEY=VALUE options and --data belong to --extra NAME (an evaluation a method declares); "
+                         "scoring a predictions file takes neither")
     check_input_file(predictions, option="PREDICTIONS")
     folder = out if out is not None else predictions.parent
-    out_dir = check_output_folder(folder, writes=[p.name for p in report_paths(folder)], inputs=[predictions],
-                                  overwrite=overwrite)
-    rows = load_predictions(predictions)
-    kwargs = {}
-    if bertscore_layers is not None:
-        kwargs["num_layers"] = bertscore_layers
-    if rescale:
-        kwargs["rescale_with_baseline"] = True
-    result = run_eval(rows, bertscore=bertscore, bertscore_model=bertscore_model, bertscore_kwargs=kwargs or None,
-                      specificity=specificity)
-    json_path, md_path = save_report(result, out_dir)
+    options = {**({"num_layers": bertscore_layers} if bertscore_layers is not None else {}),
+               **({"rescale_with_baseline": True} if rescale else {})}
+    result = api.evaluate(predictions, out=folder, overwrite=overwrite, bertscore=bertscore,
+                          bertscore_model=bertscore_model, bertscore_options=options or None, specificity=specificity,
+                          command=_command_line())
+    json_path, md_path = report_paths(folder)
     typer.echo(to_markdown(result, title=str(predictions)))
     typer.echo(f"\nwrote {json_path} and {md_path}")
 
@@ -561,38 +602,6 @@ def tune_decoding(
         atomic_write_json(target, record)
     typer.echo(f"chosen on {record['pairs']} validation pairs ({record['rule']}): {record['chosen'] or 'greedy'}\n"
                f"wrote {target}")
-
-
-@app.command("evaluate-alignment")
-@boundary
-def evaluate_alignment(
-    run: Path = typer.Argument(..., help="A run folder of a method aligned to a recommender (recexplainer)."),
-    data: str = typer.Option(..., "--data", help=DATA_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for alignment.json and alignment.md (default: RUN)."),
-    limit: int = typer.Option(100, "--limit", min=1, help="Held-out rows scored per task."),
-    explanations: int = typer.Option(48, "--explanations", min=0, help="Explanations generated for the checks (0: none)."),
-    zero_shot: bool = typer.Option(True, "--zero-shot/--no-zero-shot", help="Also score the untrained LLM."),
-    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-) -> None:
-    """Alignment to the recommender (Table 1: T1 HR/NDCG@5, T2 NDCG@5, T3 accuracy, T6 coverage, beside random,
-    popularity and the untrained LLM) and automatic checks of the explanations (decision, probe, grounding, ...)."""
-    from explainrec.folders import writing_into
-    from explainrec.io import atomic_write_json, atomic_write_text
-    from explainrec.methods import registry
-    from explainrec.methods.model_folder import open_model_folder
-
-    inputs, runs = _model_inputs(str(run))
-    out_dir = check_output_folder(out if out is not None else run, writes=["alignment.json", "alignment.md"],
-                                  inputs=[data_path(data), *inputs], runs=runs, overwrite=overwrite)
-    _, manifest = open_model_folder(run)
-    report, markdown = registry.get(manifest["method"]).alignment_report(
-        run, _load_data(data, trust_pickle), limit=limit, explanations=explanations, zero_shot=zero_shot,
-        echo=typer.echo)
-    with writing_into(out_dir, command=_command_line()):
-        atomic_write_json(out_dir / "alignment.json", report)
-        atomic_write_text(out_dir / "alignment.md", markdown)
-    typer.echo(markdown + f"\nwrote {out_dir / 'alignment.json'} and {out_dir / 'alignment.md'}")
 
 
 @app.command()

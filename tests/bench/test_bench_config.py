@@ -189,3 +189,85 @@ def test_a_setting_training_refuses_stops_the_bench_naming_the_run(tmp_path, wri
         run_bench(config, echo=lambda *_: None)
     assert not isinstance(err.value, DataError)
     assert not (tmp_path / "out" / "synthetic").exists()
+
+
+def test_a_config_with_an_evaluations_old_key_says_what_replaced_it(tmp_path):
+    """Before methods declared their evaluations, a config set RecExplainer's at its top level (``alignment:``)."""
+    cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    cfg["alignment"] = cfg.pop("evaluations")["alignment"]
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"alignment: an evaluation's options now go under 'evaluations' "
+                                          r"\(evaluations: \{alignment: \{\.\.\.\}\}\)"):
+        load_config(path)
+    cfg["evaluations"] = {"alignmnet": {}}
+    del cfg["alignment"]
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"evaluations.alignmnet: no registered method declares it; declared: "
+                                          r"\['alignment'\]"):
+        load_config(path)
+    cfg["evaluations"] = {"alignment": {"limit": 0}}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"evaluations.alignment.limit: must be >= 1"):
+        load_config(path)
+
+
+def test_run_folders_written_before_this_layout_are_still_reported(tmp_path):
+    """run.json with an evaluation's options at its top level ("alignment": {...}, in every run's), flat
+    train_summary.json and done.json files, as the bench wrote them before: the runs still match their specs (done,
+    nothing to redo) and the report shows their numbers."""
+    from explainrec.bench.state import is_finished, run_state
+    from explainrec.bench.runner import EVALUATION_VERSION
+
+    cfg = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    runs = ("zero-shot", "gavamoe", "vae-gmm-k3", "recexplainer-h")
+    cfg.update(out=str(tmp_path / "out"), bertscore=False, experiments={"main": ["zero-shot", "gavamoe"]})
+    cfg["runs"] = {k: cfg["runs"][k] for k in runs}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = load_config(path)
+    planned = plan(cfg)
+    old_options = cfg["evaluations"]["alignment"]
+    for p in planned:
+        old = {k: v for k, v in p.spec.to_dict().items() if k not in ("evaluations", "sensitivity")}
+        old["alignment"] = old_options
+        p.run_dir.mkdir(parents=True)
+        (p.run_dir / "run.json").write_text(json.dumps(old))
+        stage = p.run == "vae-gmm-k3"
+        (p.run_dir / "done.json").write_text(json.dumps(
+            {"evaluation": EVALUATION_VERSION, "metrics": {} if stage else {"bleu4": 5.0}, "n": 0 if stage else 9,
+             "train_seconds": 3.0, "train_steps": 5 if stage else 7, "generation": None if stage else {},
+             **({"stage": {"cluster_sizes": [4, 5, 6]}} if stage else {})}))
+        if p.run == "gavamoe":
+            (p.run_dir / "train_summary.json").write_text(json.dumps(
+                {"steps": 7, "train_seconds": 3.0, "epochs_done": 1, "budget_hit": True,
+                 "last_valid": {"valid_nll": 2.345}, "config": {}}))
+    assert [run_state(p) for p in planned] == ["done"] * 4 and all(is_finished(p) for p in planned)
+    report = write_report(cfg, planned, tmp_path / "out").read_text()
+    assert "| synthetic/gavamoe/seed0 | done | 7 | 3 s | 2.345 |" in report
+    assert "| synthetic/vae-gmm-k3/seed0 | done | 5 | 3 s |" in report
+    # the evaluation's options are still part of the run: changing them redoes its files only
+    spec = next(p.spec for p in planned if p.run == "recexplainer-h")
+    old = json.loads((tmp_path / "out" / "synthetic" / "recexplainer-h" / "seed0" / "run.json").read_text())
+    old["alignment"] = {**old_options, "limit": 5}
+    assert spec.trains_like(old) and spec.outdated_outputs(old) == ["alignment.json", "alignment.md"]
+
+
+# each experiment kind's heading, as the report has always titled it
+HEADINGS = {"main": "## Main comparison (Table 2)", "ablation": "## Ablation (Figure 3)",
+            "gates": "## Number of gates K (Table 3)", "sparsity": "## Sparsity (Figure 4)",
+            "latent": "## Latent space (Figure 5)", "decoding": "## Decoding chosen on the validation split",
+            "alignment": "## Alignment to the recommender (Table 1) and explanation checks",
+            "curves": "## Learning curves"}
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_reports_its_sections_in_order(config, tmp_path):
+    """The bench's own sections and the ones methods declare (looked up through the registry) all render, under
+    the headings they always had, in the order the config lists them (here before any run has finished)."""
+    cfg = load_config(REPO / "configs" / config)
+    cfg["out"] = str(tmp_path / "out")
+    report = write_report(cfg, plan(cfg), tmp_path / "out").read_text()
+    kinds = list(cfg.get("experiments") or {"main": []})
+    positions = [report.index(HEADINGS[kind]) for kind in kinds]
+    assert positions == sorted(positions)

@@ -79,6 +79,9 @@ def test_mini_config_end_to_end(finished):
     nll = json.loads((runs / "gavamoe" / "seed0" / "train_summary.json").read_text())["metrics"]["last_valid"]["valid_nll"]
     cost_row = next(line for line in report.splitlines() if line.startswith("| synthetic/gavamoe/seed0 | done |"))
     assert f"| {nll:.3f} |" in cost_row
+    # a stage trained epoch by epoch counts epochs, not optimizer steps
+    epochs = json.loads((runs / "vae-gmm-k3" / "seed0" / "done.json").read_text())["train_epochs"]
+    assert f"| synthetic/vae-gmm-k3/seed0 | done | {epochs} epochs |" in report
     assert sorted(p.name for p in runs.iterdir()) == sorted(load_config(root / "mini.yaml")["runs"])
     for run in runs.iterdir():
         assert (run / "seed0" / "done.json").exists(), run.name

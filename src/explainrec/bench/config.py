@@ -9,25 +9,25 @@
     bertscore: true
     generation: {batch_size: 16, max_new_tokens: 80}
     defaults:                        # merged (recursively) into the options of every run of that method
-      gavamoe: {max_minutes: 20}
+      xrec: {max_minutes: 20}
     runs:                            # run name -> method and options (the method's config fields); a run may
       zero-shot: {method: zero-shot, seeds: [0]}    # narrow the seeds or the datasets it runs on
-      base: {method: gavamoe, options: {moe: {variant: base}}}
-      gavamoe: {method: gavamoe}
+      xrec: {method: xrec}
+      xrec-lora: {method: xrec, options: {lora: {r: 8}}}
     experiments:                     # which tables and figures the report holds, over which runs
-      main: [zero-shot, base, gavamoe]
+      main: [zero-shot, xrec, xrec-lora]
 
-Experiment kinds (:data:`EXPERIMENTS`): ``main`` (Table 2: runs x metrics), ``ablation`` (Figure 3: table and bar
-chart), ``gates`` (Table 3: cluster sizes and metrics per number of clusters K), ``sparsity`` (Figure 4: metrics per
-user-activity bucket ds1/ds2/ds3), ``latent`` (Figure 5: each run's stage-1 latent plot), ``curves`` (validation
-NLL against training pairs seen, from runs trained with ``valid_every``). ``description`` (free text)
-opens the report; ``jobs`` (default 1) is how many runs go at once, each in its own process (``--jobs``
-overrides it); ``keep_checkpoints: false`` deletes a run's training checkpoint (weights + optimizer state, the
-largest files) once the run is done; ``precision`` (auto = int8 on CPU | fp32 | int8) sets the generation weights; ``alignment``
-(``limit``, ``explanations``, ``zero_shot``) sets how runs of a method aligned to a recommender (RecExplainer) are
-evaluated against it (experiment kind ``alignment``: the paper's Table 1 and the explanation checks). Any registered
-method may be a run's ``method`` (``explainrec methods``), stage-only ones too (e.g. ``vae-gmm``: GaVaMoE's stage 1
-alone, for cluster sweeps); its ``options`` are that method's settings. ``tune_decoding`` (``limit``, ``rule``,
+Experiment kinds: the bench's own (:data:`EXPERIMENTS`): ``main`` (Table 2: runs x metrics), ``ablation`` (Figure
+3: table and bar chart), ``sparsity`` (Figure 4: metrics per user-activity bucket ds1/ds2/ds3), ``decoding`` (greedy
+against the decoding chosen on valid), ``curves`` (validation NLL and curve texts against training pairs seen); and
+every section a registered method declares (:attr:`Method.report_sections`; ``explainrec methods METHOD`` lists
+them). ``description`` (free text) opens the report; ``jobs`` (default 1) is how many runs go at once, each in its
+own process (``--jobs`` overrides it); ``keep_checkpoints: false`` deletes a run's training checkpoint (weights +
+optimizer state, the largest files) once the run is done; ``precision`` (auto = int8 on CPU | fp32 | int8) sets the
+generation weights. ``evaluations`` (``{NAME: {option: value}}``) sets the options of the evaluations methods declare
+(:attr:`Method.evaluations`): every run of a method runs each evaluation it declares, with these options. Any
+registered method may be a run's ``method`` (``explainrec methods``), stage-only ones too; its ``options`` are that
+method's settings. ``tune_decoding`` (``limit``, ``rule``,
 ``grid``) chooses each run's decoding on the valid split and applies it once to the split (experiment kind
 ``decoding``; when that experiment lists runs, only those search). ``sensitivity`` (``n``, ``seed``, ``precision``:
 fp32 by default) explains ``n`` test items again for other users (:mod:`explainrec.methods.sensitivity`); its
@@ -47,9 +47,9 @@ from explainrec.config import ConfigError
 from explainrec.config import merge_dicts
 
 TOP_KEYS = {"name", "description", "out", "datasets", "seeds", "split", "limit", "bertscore", "generation", "defaults",
-            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "alignment", "tune_decoding",
+            "runs", "experiments", "jobs", "keep_checkpoints", "precision", "evaluations", "tune_decoding",
             "sensitivity"}
-EXPERIMENTS = ("main", "ablation", "gates", "sparsity", "latent", "alignment", "decoding", "curves")
+EXPERIMENTS = ("main", "ablation", "sparsity", "decoding", "curves")  # the bench's own; methods declare more
 
 
 @dataclass
@@ -83,6 +83,12 @@ def load_config(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     unknown = set(cfg) - TOP_KEYS
+    from explainrec.methods import registry
+
+    moved = sorted(unknown & set(registry.evaluations()))
+    if moved:  # how configs said it before methods declared their evaluations
+        raise ConfigError(f"{path}: {', '.join(moved)}: an evaluation's options now go under 'evaluations' "
+                          f"(evaluations: {{{moved[0]}: {{...}}}}), the evaluations that methods declare")
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
     for key in ("datasets", "runs"):
@@ -145,13 +151,7 @@ def load_config(path: str | Path) -> dict:
 
     if sensitivity.get("precision", "fp32") not in PRECISIONS:
         raise ConfigError(f"{path}: sensitivity.precision: expected one of {', '.join(PRECISIONS)}")
-    alignment = cfg.get("alignment") or {}
-    allowed = {"limit", "explanations", "zero_shot", "catalogue_max", "max_new_tokens"}
-    if not isinstance(alignment, dict) or set(alignment) - allowed:
-        raise ConfigError(f"{path}: alignment: expected a mapping with keys among {sorted(allowed)}")
-    for key in ("limit", "catalogue_max", "max_new_tokens"):
-        _check_count(alignment.get(key), f"{path}: alignment.{key}")
-    _check_count(alignment.get("explanations"), f"{path}: alignment.explanations", least=0)
+    _check_evaluations(cfg, path)
     _check_experiments(cfg, path)
     cfg["_path"] = str(path)
     return cfg
@@ -169,10 +169,36 @@ def _check_seeds(seeds, where: str) -> None:
         raise ConfigError(f"{where} must be a non-empty list of integers, e.g. [0, 1, 2]")
 
 
+def _check_evaluations(cfg: dict, path: Path) -> None:
+    """``evaluations``: a mapping from evaluations that registered methods declare to their valid options."""
+    from explainrec.methods import registry
+    from explainrec.methods.evaluations import options_of
+
+    chosen = cfg.get("evaluations") or {}
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"{path}: field 'evaluations' must be a mapping (evaluation name -> its options)")
+    declared = registry.evaluations()
+    for name, options in chosen.items():
+        if name not in declared:
+            raise ConfigError(f"{path}: evaluations.{name}: no registered method declares it; declared: "
+                              f"{sorted(declared) or 'none'}")
+        if options is not None and not isinstance(options, dict):
+            raise ConfigError(f"{path}: evaluations.{name} must be a mapping of its options")
+        options_of(declared[name], options, f"{path}: evaluations.{name}")
+
+
+def experiment_kinds() -> list[str]:
+    """What ``experiments:`` may name: the bench's own kinds, then every section a registered method declares."""
+    from explainrec.methods import registry
+
+    return [*EXPERIMENTS, *registry.report_sections()]
+
+
 def _check_experiments(cfg: dict, path: Path) -> None:
+    kinds = experiment_kinds()
     for kind, names in (cfg.get("experiments") or {}).items():
-        if kind not in EXPERIMENTS:
-            raise ConfigError(f"{path}: experiments.{kind}: unknown experiment; choose from {list(EXPERIMENTS)}")
+        if kind not in kinds:
+            raise ConfigError(f"{path}: experiments.{kind}: unknown experiment; choose from {kinds}")
         if not isinstance(names, list) or not names:
             raise ConfigError(f"{path}: experiments.{kind} must be a non-empty list of run names")
         missing = [n for n in names if n not in cfg["runs"]]
@@ -212,7 +238,7 @@ def plan(cfg: dict) -> list[PlannedRun]:
                     spec = RunSpec(data=str(data), method=run["method"], seed=int(seed), options=options,
                                    generation=dict(cfg.get("generation") or {}), split=cfg.get("split", "test"),
                                    limit=cfg.get("limit"), precision=cfg.get("precision", "auto"),
-                                   alignment=dict(cfg.get("alignment") or {}),
+                                   evaluations=dict(cfg.get("evaluations") or {}),
                                    tune_decoding=_tune_decoding(cfg, run_name),
                                    sensitivity=dict(cfg.get("sensitivity") or {}))
                 except ConfigError as exc:

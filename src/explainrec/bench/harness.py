@@ -2,13 +2,13 @@
 
     explainrec bench configs/demo.yaml                 # run what is missing, then OUT/report.md
     explainrec bench configs/demo.yaml --dry-run       # the plan and the state of each run
-    explainrec bench configs/demo.yaml --only 'synthetic/gavamoe*' --jobs 2
+    explainrec bench configs/demo.yaml --only 'synthetic/xrec*' --jobs 2
     explainrec bench configs/demo.yaml --report-only   # rebuild the report from the finished runs
 
 A run is a folder (see :mod:`explainrec.bench.runner`): one with ``done.json`` and an unchanged ``run.json`` is
 skipped, a half-done one continues where it stopped, a changed one starts again. A run that raises leaves its
 traceback in ``RUN/error.txt`` and the bench carries on; the exit status is then non-zero. Runs whose upstream stages
-have equal settings (method, config, data: e.g. GaVaMoE variants sharing a VAE-GMM) train each stage once: later
+have equal settings (method, config, data: e.g. variants of one method sharing its first stage) train each stage once: later
 ones start from a copy.
 ``OUT/bench_log.jsonl`` gets one line per invocation (command, wall time, machine, what ran).
 """
@@ -30,7 +30,7 @@ from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, is_finishe
 from explainrec.interrupt import on_signals
 from explainrec.io import atomic_write_text
 
-# With --jobs, another worker starts only while this much memory is free (a GaVaMoE run on SmolLM2-135M peaks near
+# With --jobs, another worker starts only while this much memory is free (an MoE run on SmolLM2-135M peaks near
 # 7 GB: weights, gradients and AdamW state of the experts); a lone run always starts.
 MIN_FREE_GB = 8.0
 
@@ -278,9 +278,9 @@ def _end_line(o: Outcome, p: PlannedRun) -> str:
         done = json.loads((p.run_dir / "done.json").read_text())
     except (OSError, json.JSONDecodeError):
         return f"done in {fmt_seconds(o.seconds)}"
-    m, s1 = done.get("metrics") or {}, done.get("stage") or {}
+    m, stage = done.get("metrics") or {}, done.get("stage") or {}
     shown = {k: m[k] for k in ("bleu4", "rougeL", "bertscore_f1") if k in m}
-    shown.update({k: s1[k] for k in ("cluster_sizes", "test_auc") if k in s1})
+    shown.update({k: stage[k] for k in p.spec.method_entry().headline if k in stage})
     return f"done in {fmt_seconds(o.seconds)} " + " ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
 

@@ -1,72 +1,64 @@
 """The bench report: one Markdown file (OUT/report.md) with the paper's tables, PNG figures in OUT/figures/.
 
-Everything is read back from the run folders (``done.json``, the stages' ``metrics.json``, ``error.txt``) and from
-``OUT/bench_log.jsonl``, so the report can be rebuilt at any time (``explainrec bench CONFIG --report-only``) and
-shows whatever has finished. Experiments (the config's ``experiments:``):
+Everything is read back from the run folders (``done.json``, ``train_summary.json``, the stages, ``error.txt``) and
+from ``OUT/bench_log.jsonl``, so the report can be rebuilt at any time (``explainrec bench CONFIG --report-only``)
+and shows whatever has finished. Experiments (the config's ``experiments:``), the bench's own:
 
     main       Table 2: one table per dataset, runs x (BLEU-1/4, ROUGE-1/L, Distinct-1/2, BERTScore P/R/F1,
                pair retrieval R@1/MRR, USR); runs evaluated before pair retrieval existed show "–" there
     ablation   Figure 3: the same table over the ablation runs, plus a bar chart per dataset
-    gates      Table 3: per number of clusters K, the cluster sizes, stage 1's test AUC and the text metrics
     sparsity   Figure 4: the metrics per user-activity bucket (ds1 most active ... ds3 sparsest), table + bars
-    latent     Figure 5: each run's stage-1 latent plot (its clustering stage's latent.png), copied into figures/
+    decoding   greedy against the decoding chosen on the valid split
+    curves     learning curves of the validation NLL and of the curve texts' overlap and specificity
 
-With several seeds a cell is ``mean ± std`` over the seeds (sample std, ddof=1); the best value of a column is bold.
+and every section a registered method declares (:class:`~explainrec.methods.base.ReportSection`), looked up
+through the registry by the experiment's name. With several seeds a cell is ``mean ± std`` over the seeds (sample
+std, ddof=1); the best value of a column is bold.
 """
 from __future__ import annotations
 
 import json
-import math
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from explainrec.bench.config import PlannedRun
 from explainrec.bench.state import ERROR_FILE, LOG_FILE, fmt_seconds, machine_info, run_state
 from explainrec.io import atomic_write_text
 from explainrec.metrics.report import METRICS
+from explainrec.metrics.seed_tables import (
+    FIGURES,
+    RETRIEVAL,
+    SPECIFICITY,
+    RunResult,
+    cell,
+    datasets,
+    groups,
+    label,
+    metric_values,
+    missing_note,
+    pyplot,
+    read_json,
+    seed_stats,
+)
 
-# pair retrieval (metrics.specificity) and user sensitivity (methods.sensitivity): read beside the overlap metrics
-RETRIEVAL = ("ret_r1", "ret_mrr")
-SPECIFICITY = (*RETRIEVAL, "user_change", "user_toward")
 TABLE2 = ("bleu1", "bleu4", "rouge1", "rougeL", "distinct1", "distinct2", "bertscore_p", "bertscore_r",
           "bertscore_f1", *SPECIFICITY, "usr")
 FIGURE_METRICS = ("bleu4", "rougeL", "bertscore_f1", "distinct2", "usr")  # one panel each in the bar charts
-GATES_METRICS = ("bleu4", "rougeL", "bertscore_f1", *SPECIFICITY, "usr")
 DECODING_METRICS = ("bleu4", "rougeL", "bertscore_f1", *SPECIFICITY, "distinct2", "usr")
-FRACTIONS = {"usr", "fmr", "fcr"}  # shown with 4 decimals, as in explainrec.metrics
-FIGURES = "figures"
-
-
-@dataclass
-class RunResult:
-    """One planned run as found on disk."""
-
-    planned: PlannedRun
-    state: str  # done | failed | partial | todo | stale  (see state.run_state)
-    done: dict | None = None
-    stage1: dict | None = None  # metrics.json of the run's clustering stage (GaVaMoE's stage1/, a vae-gmm stage/)
-    stage_dir: Path | None = None  # that stage's folder
-    train: object | None = None  # RUN/train_summary.json as a TrainSummary (trained methods)
-    error: str | None = None  # last line of RUN/error.txt
 
 
 def collect(planned: list[PlannedRun]) -> list[RunResult]:
-    from explainrec.bench.runner import stage_folders
+    """Every planned run as found on disk (a stale folder's stages are another training's: left out)."""
+    from explainrec.bench.runner import stage_uses
     from explainrec.methods.runs import read_summary
 
     results = []
     for p in planned:
         r = RunResult(p, run_state(p))
         if r.state == "done":
-            r.done = _read_json(p.run_dir / "done.json")
+            r.done = read_json(p.run_dir / "done.json")
             r.train = read_summary(p.run_dir)
         if r.state != "stale":
-            for folder in stage_folders(p.spec, p.run_dir):  # the stage that clustered the pairs, if any
-                metrics = _read_json(folder / "metrics.json")
-                if metrics and "n_clusters" in metrics:
-                    r.stage1, r.stage_dir = metrics, folder
-                    break
+            r.stages = {use.method: p.run_dir / use.folder for use in stage_uses(p.spec)}
         if r.state == "failed":
             lines = [x for x in (p.run_dir / ERROR_FILE).read_text(errors="replace").splitlines() if x.strip()]
             r.error = lines[-1] if lines else "(empty error.txt)"
@@ -74,89 +66,32 @@ def collect(planned: list[PlannedRun]) -> list[RunResult]:
     return results
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------------- numbers
-
-
-def seed_stats(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std (None for one value) of the finite values."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    mean = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-
-
-def _fmt(name: str, value: float) -> str:
-    return f"{value:.4f}" if name in FRACTIONS else f"{value:.2f}"
-
-
-def _cell(name: str, values: list[float]) -> str:
-    mean, std = seed_stats(values)
-    return _fmt(name, mean) + ("" if std is None else f" ± {_fmt(name, std)}")
-
-
-def _label(name: str) -> str:
-    label, higher, _ = METRICS.get(name, (name, None, ""))
-    return label + ("↑" if higher else "↓" if higher is False else "")
-
-
-def _metric_values(results: list[RunResult], name: str, bucket: str | None = None) -> list[float]:
-    out = []
-    for r in results:
-        if r.done is None:
-            continue
-        block = r.done if bucket is None else (r.done.get("buckets") or {}).get(bucket) or {}
-        value = (block.get("metrics") or {}).get(name)
-        if value is not None and math.isfinite(value):
-            out.append(value)
-    return out
-
-
-def _missing_note(results: list[RunResult]) -> str:
-    """'' when every seed finished, else why a cell is short (e.g. 'seed1 failed')."""
-    notes = [f"seed{r.planned.seed} {r.state}" for r in results if r.done is None]
-    return f" ({', '.join(notes)})" if notes else ""
-
-
-def _groups(all_results: list[RunResult], dataset: str, runs: list[str]) -> list[tuple[str, list[RunResult]]]:
-    """Each run's results on one dataset; a run the config does not plan on that dataset has no row."""
-    groups = [(run, [r for r in all_results if r.planned.dataset == dataset and r.planned.run == run]) for run in runs]
-    return [(run, rs) for run, rs in groups if rs]
-
-
 def _metric_table(groups: list[tuple[str, list[RunResult]]], bucket: str | None = None) -> list[str]:
     """Rows = runs, columns = the Table-2 metrics any run has; best mean per column in bold."""
-    names = [m for m in TABLE2 if any(_metric_values(rs, m, bucket) for _, rs in groups)]
+    names = [m for m in TABLE2 if any(metric_values(rs, m, bucket) for _, rs in groups)]
     if not names:
         return ["_No finished runs yet._", ""]
     best = {}
     for m in names:
-        means = [seed_stats(v)[0] for _, rs in groups if (v := _metric_values(rs, m, bucket))]
+        means = [seed_stats(v)[0] for _, rs in groups if (v := metric_values(rs, m, bucket))]
         if len(means) > 1 and METRICS[m][1] is not None and max(means) - min(means) > 1e-9:  # no bold on a tie
             best[m] = max(means) if METRICS[m][1] else min(means)
-    lines = ["| Run | n | " + " | ".join(_label(m) for m in names) + " |",
+    lines = ["| Run | n | " + " | ".join(label(m) for m in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
     for run, rs in groups:
         done = [r for r in rs if r.done is not None]
         if not done:
-            lines.append(f"| {run}{_missing_note(rs)} | – | " + " | ".join("–" for _ in names) + " |")
+            lines.append(f"| {run}{missing_note(rs)} | – | " + " | ".join("–" for _ in names) + " |")
             continue
         n = _n(done, bucket)
         cells = []
         for m in names:
-            v = _metric_values(rs, m, bucket)
-            cell = _cell(m, v) if v else "–"
+            v = metric_values(rs, m, bucket)
+            text = cell(m, v) if v else "–"
             if v and m in best and abs(seed_stats(v)[0] - best[m]) < 1e-12:
-                cell = f"**{cell}**"
-            cells.append(cell)
-        lines.append(f"| {run}{_missing_note(rs)} | {n} | " + " | ".join(cells) + " |")
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {run}{missing_note(rs)} | {n} | " + " | ".join(cells) + " |")
     notes = [_chance_note([r for _, rs in groups for r in rs]) if any(m in RETRIEVAL for m in names) else None,
              SENSITIVITY_NOTE if any(m in SPECIFICITY and m not in RETRIEVAL for m in names) else None]
     notes = [n for n in notes if n] if bucket is None else []
@@ -174,7 +109,7 @@ def _chance_note(results: list[RunResult]) -> str | None:
     for r in results:
         if r.done is None:
             continue
-        m = _read_json(r.planned.run_dir / "metrics.json") or {}
+        m = read_json(r.planned.run_dir / "metrics.json") or {}
         spec, chance = (m.get("config") or {}).get("specificity"), m.get("chance") or {}
         if isinstance(spec, dict) and all(k in chance for k in RETRIEVAL):
             found[spec.get("candidates")] = chance
@@ -194,21 +129,12 @@ def _n(done: list[RunResult], bucket: str | None) -> str:
 # ---------------------------------------------------------------------------------------------------- figures
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def bar_chart(groups: list[tuple[str, list[RunResult]]], path: Path, title: str, buckets: list[str] | None = None) -> Path | None:
     """One panel per metric of FIGURE_METRICS: a bar per run (grouped by bucket when given), seed std as error bars."""
-    names = [m for m in FIGURE_METRICS if any(_metric_values(rs, m) for _, rs in groups)]
+    names = [m for m in FIGURE_METRICS if any(metric_values(rs, m) for _, rs in groups)]
     if not names:
         return None
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.8, 3.8), dpi=110, squeeze=False)
@@ -219,7 +145,7 @@ def bar_chart(groups: list[tuple[str, list[RunResult]]], path: Path, title: str,
         for j, (run, rs) in enumerate(groups):
             means, errs = [], []
             for b in xs:
-                v = _metric_values(rs, m, b)
+                v = metric_values(rs, m, b)
                 mean, std = seed_stats(v) if v else (np.nan, None)
                 means.append(mean)
                 errs.append(std or 0.0)
@@ -243,52 +169,10 @@ def bar_chart(groups: list[tuple[str, list[RunResult]]], path: Path, title: str,
     return path
 
 
-def gates_chart(rows: list[tuple[int, list[RunResult]]], path: Path, title: str) -> Path | None:
-    """Stage 1's test AUC and the text metrics against the number of clusters K (panels with two K or more)."""
-    def series(name):
-        points = []
-        for k, rs in rows:
-            if name == "test_auc":
-                v = [r.stage1["test_auc"] for r in rs if r.stage1 and r.stage1.get("test_auc") is not None]
-            else:
-                v = _metric_values(rs, name)
-            if v:
-                points.append((k, *seed_stats(v)))
-        return points
-
-    panels = [(m, pts) for m in ("test_auc", *GATES_METRICS) if len(pts := series(m)) >= 2]
-    if not panels:
-        return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 0.6, 3.2), dpi=110, squeeze=False)
-    for ax, (m, pts) in zip(axes[0], panels):
-        ks, means, errs = zip(*pts)
-        errs = [e or 0.0 for e in errs]
-        ax.errorbar(ks, means, yerr=errs if any(errs) else None, marker="o", capsize=3)
-        ax.set_xticks(ks)
-        ax.set_xlabel("clusters K")
-        ax.set_title("stage-1 test AUC" if m == "test_auc" else METRICS[m][0], fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------- sections
-
-
-def _datasets(cfg: dict, results: list[RunResult]) -> list[str]:
-    """The config's datasets that have a run in this report (a report on some runs leaves the others out)."""
-    return [ds for ds in cfg["datasets"] if any(r.planned.dataset == ds for r in results)]
-
-
 def section_main(cfg, results, runs, out) -> list[str]:
     lines = ["## Main comparison (Table 2)", ""]
-    for ds in _datasets(cfg, results):
-        lines += [f"### {ds}", ""] + _metric_table(_groups(results, ds, runs))
+    for ds in datasets(cfg, results):
+        lines += [f"### {ds}", ""] + _metric_table(groups(results, ds, runs))
     return lines
 
 
@@ -302,56 +186,12 @@ def section_ablation(cfg, results, runs, out) -> list[str]:
     lines = ["## Ablation (Figure 3)", "", "What each run sets (its method and options; the config's `defaults:` "
              "apply beneath):", ""]
     lines += [f"- `{name}`: {_settings(cfg['runs'][name])}" for name in runs if name in cfg["runs"]] + [""]
-    for ds in _datasets(cfg, results):
-        groups = _groups(results, ds, runs)
-        lines += [f"### {ds}", ""] + _metric_table(groups)
-        fig = bar_chart(groups, out / FIGURES / f"ablation_{ds}.png", f"Ablation on {ds}")
+    for ds in datasets(cfg, results):
+        found = groups(results, ds, runs)
+        lines += [f"### {ds}", ""] + _metric_table(found)
+        fig = bar_chart(found, out / FIGURES / f"ablation_{ds}.png", f"Ablation on {ds}")
         if fig:
             lines += [f"![ablation on {ds}]({FIGURES}/{fig.name})", ""]
-    return lines
-
-
-def _clusters(r: RunResult) -> int | None:
-    if r.stage1 and "n_clusters" in r.stage1:
-        return int(r.stage1["n_clusters"])
-    return getattr(r.planned.spec.config(), "clusters", None)
-
-
-def section_gates(cfg, results, runs, out) -> list[str]:
-    lines = ["## Number of gates K (Table 3)", "",
-             "Cluster sizes count all interactions (train, valid, test) per cluster, then the pairs that have a "
-             "reference explanation (all splits). AUC: stage 1's test positives against one sampled item per user.", ""]
-    for ds in _datasets(cfg, results):
-        groups = _groups(results, ds, runs)
-        names = [m for m in GATES_METRICS if any(_metric_values(rs, m) for _, rs in groups)]
-        lines += [f"### {ds}", "",
-                  "| Run | K | cluster sizes | pairs with an explanation per cluster | test AUC | "
-                  + "".join(f"{_label(m)} | " for m in names),
-                  "|---|---:|---|---|---:|" + "---:|" * len(names)]
-        rows_for_chart = []
-        for run, rs in groups:
-            ks = {k for r in rs if (k := _clusters(r)) is not None}
-            k = next(iter(ks)) if len(ks) == 1 else None
-            with_s1 = [r for r in rs if r.stage1]
-            multi = len(with_s1) > 1
-
-            def per_seed(key, rs=with_s1, multi=multi):
-                parts = [(f"s{r.planned.seed}: " if multi else "") + "/".join(str(x) for x in r.stage1.get(key, []))
-                         for r in rs if r.stage1.get(key)]
-                return "<br>".join(parts) or "–"
-
-            aucs = [r.stage1["test_auc"] for r in with_s1 if r.stage1.get("test_auc") is not None]
-            auc = _cell("usr", aucs) if aucs else "–"
-            cells = [_cell(m, v) if (v := _metric_values(rs, m)) else "–" for m in names]
-            lines.append(f"| {run}{_missing_note(rs)} | {k if k is not None else '–'} | {per_seed('cluster_sizes')} | "
-                         f"{per_seed('cluster_sizes_examples')} | {auc} | " + "".join(f"{c} | " for c in cells))
-            if k is not None:
-                rows_for_chart.append((k, rs))
-        lines.append("")
-        fig = gates_chart(sorted(rows_for_chart, key=lambda x: x[0]), out / FIGURES / f"gates_{ds}.png",
-                          f"Metrics per number of clusters on {ds}")
-        if fig:
-            lines += [f"![metrics per K on {ds}]({FIGURES}/{fig.name})", ""]
     return lines
 
 
@@ -360,106 +200,19 @@ def section_sparsity(cfg, results, runs, out) -> list[str]:
              "The explained pairs sorted by their user's number of train interactions and cut into three equal parts: "
              "ds1 = the most active users, ds3 = the sparsest. Corpus metrics are computed on each bucket's rows; pair "
              "retrieval keeps the whole split's references as its candidates in every bucket.", ""]
-    for ds in _datasets(cfg, results):
-        groups = _groups(results, ds, runs)
-        buckets = sorted({b for _, rs in groups for r in rs if r.done for b in (r.done.get("buckets") or {})})
+    for ds in datasets(cfg, results):
+        found = groups(results, ds, runs)
+        buckets = sorted({b for _, rs in found for r in rs if r.done for b in (r.done.get("buckets") or {})})
         lines += [f"### {ds}", ""]
         if not buckets:
             lines += ["_No finished run with buckets yet._", ""]
             continue
         for b in buckets:
-            lines += [f"**{b}**", ""] + _metric_table(groups, bucket=b)
-        fig = bar_chart(groups, out / FIGURES / f"sparsity_{ds}.png", f"Metrics per user-activity bucket on {ds}",
+            lines += [f"**{b}**", ""] + _metric_table(found, bucket=b)
+        fig = bar_chart(found, out / FIGURES / f"sparsity_{ds}.png", f"Metrics per user-activity bucket on {ds}",
                         buckets=buckets)
         if fig:
             lines += [f"![sparsity on {ds}]({FIGURES}/{fig.name})", ""]
-    return lines
-
-
-def section_latent(cfg, results, runs, out) -> list[str]:
-    lines = ["## Latent space (Figure 5)", "",
-             "Stage 1's latent means q(z|x) of training pairs, coloured by cluster (each run's `latent.png` from its clustering stage).", ""]
-    for ds in _datasets(cfg, results):
-        lines += [f"### {ds}", ""]
-        cells = []
-        for run, rs in _groups(results, ds, runs):
-            for r in rs:
-                src = r.stage_dir / "latent.png" if r.stage_dir else None
-                name = f"{run} seed{r.planned.seed}"
-                if r.state == "stale" or src is None or not src.exists():
-                    cells.append((name, None, f"no latent plot yet ({r.state})"))
-                    continue
-                dst = out / FIGURES / f"latent_{ds}_{run}_seed{r.planned.seed}.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
-                s1 = r.stage1 or {}
-                caption = f"K={s1.get('n_clusters', _clusters(r))}"
-                if s1.get("cluster_sizes"):
-                    caption += ", sizes " + "/".join(map(str, s1["cluster_sizes"]))
-                nmi = (s1.get("agreement_with_user_types") or {}).get("nmi")
-                if nmi is not None:
-                    caption += f", NMI vs. true user types {nmi:.2f}"
-                cells.append((name, dst, caption))
-        for name, dst, caption in cells:
-            if dst is None:
-                lines += [f"- {name}: {caption}"]
-            else:
-                lines += [f"**{name}** ({caption})", "", f"![latent space, {name}]({FIGURES}/{dst.name})", ""]
-        lines.append("")
-    return lines
-
-
-def section_alignment(cfg, results, runs, out) -> list[str]:
-    """Table 1 of a method aligned to a recommender (each run's RUN/alignment.json: its ``columns`` name the
-    metrics) and the checks of its explanations."""
-    lines = ["## Alignment to the recommender (Table 1) and explanation checks", "",
-             "Held-out alignment rows of each run (Task 1: HR/NDCG@5 of the recommender's top-1 over 5 beams, exact "
-             "title match; the catalogue column ranks every catalogue title by likelihood, ours; Task 2: graded "
-             "NDCG@5; Task 3: Yes/No accuracy from the next-token logits; Task 6: share of generated history titles "
-             "really in the history). Random, popularity and the untrained LLM (titles-only questions) are scored "
-             "on the first run's rows.", ""]
-    for ds in _datasets(cfg, results):
-        found = [x for _, rs in _groups(results, ds, runs) for r in rs
-                 if (x := _read_json(r.planned.run_dir / "alignment.json"))]
-        columns = [tuple(c) for c in found[0]["columns"]] if found else []
-        lines += [f"### {ds}", ""]
-        if not columns:
-            lines += ["_No finished run with an alignment report yet._", ""]
-            continue
-        lines += ["| run | " + " | ".join(label for _, _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
-        checks, baselines = [], None
-        for run, rs in _groups(results, ds, runs):
-            reports = [x for r in rs if (x := _read_json(r.planned.run_dir / "alignment.json"))]
-            if not reports:
-                lines.append(f"| {run}{_missing_note(rs)} | " + " | ".join("–" for _ in columns) + " |")
-                continue
-            variant = reports[0]["variant"]
-            cells = []
-            for task, key, _ in columns:
-                vals = [v for rep in reports if (v := ((rep["alignment"].get(variant) or {}).get(task) or {}).get(key))
-                        is not None and v == v]
-                cells.append(_cell("usr", vals) if vals else "–")
-            lines.append(f"| {run} ({variant}) | " + " | ".join(cells) + " |")
-            # the rows beside the aligned model (untrained LLM, random, ...), as the method's report wrote them
-            baselines = baselines or {n: row for n, row in reports[0]["alignment"].items() if n != variant}
-            checks.append((run, reports))
-        for name, row in (baselines or {}).items():
-            cells = [("–" if (v := (row.get(t) or {}).get(k)) is None or v != v else f"{v:.4f}") for t, k, _ in columns]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if checks:
-            lines += ["", "| run | decision agrees | probe MSE (zero-shot texts) | probe AUC | grounded | "
-                      "hallucinated / text | attribution lift | counterfactual follows |", "|---|" + "---:|" * 7]
-            for run, reports in checks:
-                ex = reports[0].get("explanations") or {}
-                if not ex:
-                    continue
-                probe, cf = ex["probe"], ex.get("counterfactual") or {}
-                lines.append(
-                    f"| {run} | {ex['decision']['agreement']:.3f} | {probe['mse']:.4f} "
-                    f"({(probe.get('baseline') or {}).get('mse', float('nan')):.4f}) | {probe.get('auc', float('nan')):.3f} "
-                    f"| {ex['grounding']['grounded']:.3f} | {ex['grounding']['hallucinated_per_text']:.2f} | "
-                    f"{ex['attribution']['lift']:.2f} | {cf.get('follows', float('nan')):.3f} |")
-        lines.append("")
     return lines
 
 
@@ -471,20 +224,20 @@ def section_decoding(cfg, results, runs, out) -> list[str]:
              f"{(cfg.get('tune_decoding') or {}).get('limit', 100)} validation pairs; the best by "
              f"{(cfg.get('tune_decoding') or {}).get('rule', 'rougeL+bertscore')} was then applied once to the "
              f"{cfg.get('split', 'test')} split. Cells: greedy → chosen.", ""]
-    for ds in _datasets(cfg, results):
-        lines += [f"### {ds}", "", "| run | chosen | " + " | ".join(_label(k) for k in keys) + " |",
+    for ds in datasets(cfg, results):
+        lines += [f"### {ds}", "", "| run | chosen | " + " | ".join(label(k) for k in keys) + " |",
                   "|---|---|" + "---:|" * len(keys)]
-        for run, rs in _groups(results, ds, runs):
+        for run, rs in groups(results, ds, runs):
             done = [r for r in rs if r.done and r.done.get("tuned")]
             if not done:
-                lines.append(f"| {run}{_missing_note(rs)} | – | " + " | ".join("–" for _ in keys) + " |")
+                lines.append(f"| {run}{missing_note(rs)} | – | " + " | ".join("–" for _ in keys) + " |")
                 continue
             chosen = "; ".join(sorted({json.dumps(r.done["tuned"]["chosen"], sort_keys=True) for r in done}))
             cells = []
             for k in keys:
-                g = _metric_values(done, k)
+                g = metric_values(done, k)
                 t = [r.done["tuned"]["metrics"][k] for r in done if k in r.done["tuned"]["metrics"]]
-                cells.append(f"{_cell(k, g)} → {_cell(k, t)}" if g and t else "–")
+                cells.append(f"{cell(k, g)} → {cell(k, t)}" if g and t else "–")
             lines.append(f"| {run} | `{chosen}` | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -520,11 +273,11 @@ def section_curves(cfg, results, runs, out) -> list[str]:
              "`curve_pairs`, the greedy explanations of the first valid pairs written at each validation, scored like "
              "a test split (Ret-MRR ranks each text's reference among all references of the valid split).", ""]
     plt = None
-    for ds in _datasets(cfg, results):
+    for ds in datasets(cfg, results):
         panels = []  # (metric, label, [(run, seeds, [(pairs, mean, std)])])
         for metric, label in CURVE_PANELS:
             curves = []
-            for run, rs in _groups(results, ds, runs):
+            for run, rs in groups(results, ds, runs):
                 per_seed = [c for r in rs if (c := _valid_curve(r, metric))]
                 if not per_seed:
                     continue
@@ -534,7 +287,7 @@ def section_curves(cfg, results, runs, out) -> list[str]:
                 panels.append((metric, label, curves))
         if not panels:
             continue
-        plt = plt or _plt()
+        plt = plt or pyplot()
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=110, squeeze=False)
         for ax, (metric, label, curves) in zip(axes[0], panels):
             for run, n, points in curves:
@@ -566,9 +319,17 @@ def section_curves(cfg, results, runs, out) -> list[str]:
     return lines
 
 
-SECTIONS = {"main": section_main, "decoding": section_decoding, "ablation": section_ablation, "gates": section_gates,
-            "sparsity": section_sparsity, "latent": section_latent, "alignment": section_alignment,
-            "curves": section_curves}
+SECTIONS = {"main": section_main, "decoding": section_decoding, "ablation": section_ablation,
+            "sparsity": section_sparsity, "curves": section_curves}  # the bench's own (bench.config.EXPERIMENTS)
+
+
+def render_section(kind: str, cfg: dict, results: list[RunResult], runs: list[str], out: Path) -> list[str]:
+    """An experiment's section: the bench's own, or the one a registered method declares under that name."""
+    if kind in SECTIONS:
+        return SECTIONS[kind](cfg, results, runs, out)
+    from explainrec.methods import registry
+
+    return registry.report_sections()[kind].render(cfg, results, runs, out)
 
 
 def section_costs(results: list[RunResult]) -> list[str]:
@@ -650,7 +411,7 @@ def _bertscore_note(results: list[RunResult]) -> str | None:
     for r in results:
         if r.done is None:
             continue
-        m = _read_json(r.planned.run_dir / "metrics.json") or {}
+        m = read_json(r.planned.run_dir / "metrics.json") or {}
         bs = (m.get("config") or {}).get("bertscore")
         if isinstance(bs, dict):
             note = f"{bs.get('encoder')}, layer {bs.get('num_layers')}, rescale_with_baseline={bs.get('rescale_with_baseline')}"
@@ -681,7 +442,7 @@ def write_report(cfg: dict, planned: list[PlannedRun], out: str | Path) -> Path:
     lines += section_failures(results)
     experiments = cfg.get("experiments") or {"main": list(cfg["runs"])}
     for kind, runs in experiments.items():
-        lines += SECTIONS[kind](cfg, results, runs, out)
+        lines += render_section(kind, cfg, results, runs, out)
     lines += section_costs(results)
     lines += ["## Config", "", f"`{cfg['_path']}`:", "", "```" + ("toml" if cfg["_path"].endswith(".toml") else "yaml"),
               Path(cfg["_path"]).read_text(encoding="utf-8").rstrip(), "```", ""]

@@ -6,10 +6,11 @@ A run folder holds ``run.json`` (the run's full settings), then what each step l
     config.yaml, <stage>/, checkpoint/, model/, train_summary.json     (see explainrec.methods.runs)
     predictions.jsonl   the explained split (atomic)
     metrics.json/.md    the evaluation (explainrec.metrics)
+    NAME.json/.md       each evaluation the run's method declares (Method.evaluations)
     done.json           written last: timings and generation throughput
 
-A stage-only method (``explains = False``: vae-gmm, lightgcn) trains into ``RUN/stage/`` and its done.json
-carries the stage's metrics instead.
+A stage-only method (``explains = False``) trains into ``RUN/stage/`` and its done.json carries the stage's
+metrics instead.
 
 Each step is skipped when its output exists, and training resumes from its checkpoint, so an interrupted run
 picks up where it stopped and a finished one costs nothing to "rerun".
@@ -38,14 +39,21 @@ class RunSpec:
     split: str = "test"
     limit: int | None = None  # explain only the first N pairs of the split
     precision: str = "auto"  # generation weights: auto (int8 on CPU) | fp32 | int8
-    alignment: dict = field(default_factory=dict)  # alignment_report options (methods with has_alignment)
     tune_decoding: dict = field(default_factory=dict)  # {limit, rule, grid}: also explain with settings chosen on valid
     sensitivity: dict = field(default_factory=dict)  # {n, seed, precision}: user sensitivity (methods.sensitivity)
+    # {name: options} of every evaluation the method declares (Method.evaluations), all run; options given for
+    # evaluations other methods declare are left out (a config's evaluations apply to the runs that have them)
+    evaluations: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from explainrec.llm.decoding import GenerationConfig
+        from explainrec.methods.evaluations import options_of
 
-        self.method_entry()  # unknown method -> ConfigError listing the known ones
+        method = self.method_entry()  # unknown method -> ConfigError listing the known ones
+        given = dict(self.evaluations)
+        self.evaluations = {e.name: dict(given.get(e.name) or {}) for e in method.evaluations}
+        for e in method.evaluations:
+            options_of(e, self.evaluations[e.name], f"evaluations.{e.name}")
         GenerationConfig.from_dict(self.generation, "generation")
         from explainrec.methods.model_folder import PRECISIONS
 
@@ -75,9 +83,17 @@ class RunSpec:
 
     def _saved(self, saved: dict) -> dict:
         """A saved ``run.json`` with the keys it lacks at their defaults, so a field added to RunSpec later does
-        not turn every finished run stale."""
+        not turn every finished run stale. A run.json from before methods declared their evaluations holds each
+        evaluation's options at its top level (``"NAME": {...}``): they are read as ``evaluations``."""
         import dataclasses
 
+        from explainrec.methods import registry
+
+        fields = {f.name for f in dataclasses.fields(self)}
+        saved = dict(saved)
+        legacy = {name: saved.pop(name) for name in set(registry.evaluations()) & (set(saved) - fields)}
+        if "evaluations" not in saved:
+            saved["evaluations"] = {e.name: legacy.get(e.name) or {} for e in self.method_entry().evaluations}
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                     for f in dataclasses.fields(self)
                     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
@@ -95,25 +111,35 @@ class RunSpec:
 
     def outdated_outputs(self, saved: dict) -> list[str]:
         """The files of a run folder made with ``saved``'s settings that this spec must make again (its training
-        is kept: call only when :meth:`trains_like`)."""
+        is kept: call only when :meth:`trains_like`). An evaluation's files go with the texts it reads, or alone
+        when only its options changed."""
         full, mine = self._saved(saved), self.to_dict()
-        names = {name for key, outputs in OUTPUTS_OF.items() if full[key] != mine[key] for name in outputs}
-        return [name for name in ALL_OUTPUTS if name in names]
+        evaluated = {e.name: e.files for e in self.method_entry().evaluations}
+        names = set()
+        for key, outputs in OUTPUTS_OF.items():
+            if full[key] != mine[key]:
+                names.update(outputs)
+                if outputs is _EXPLAINED:
+                    names.update(f for files in evaluated.values() for f in files)
+        for name, files in evaluated.items():
+            if full["evaluations"].get(name) != mine["evaluations"].get(name):
+                names.update(files)
+        order = (*_EXPLAINED, *(f for files in evaluated.values() for f in files))
+        return [name for name in dict.fromkeys(order) if name in names]
 
 
 # What decides the trained model; every other RunSpec field only decides what is done with it afterwards.
 TRAINING_FIELDS = ("data", "method", "seed", "options")
 _TUNED = ("decoding.json", "predictions_tuned.jsonl", "metrics_tuned.json", "metrics_tuned.md")
-_ALIGNMENT = ("alignment.json", "alignment.md")
 _SENSITIVITY = ("sensitivity.json", "sensitivity.md")
 _SCORES = ("metrics.json", "metrics.md", "metrics_tuned.json", "metrics_tuned.md")
-_EXPLAINED = ("predictions.jsonl", "generation.json", *_SCORES, *_TUNED, *_ALIGNMENT, *_SENSITIVITY)
-# The files each post-training setting decides (done.json goes with any of them).
+_EXPLAINED = ("predictions.jsonl", "generation.json", *_SCORES, *_TUNED, *_SENSITIVITY)
+# The files each post-training setting decides (done.json goes with any of them; the method's evaluations' files
+# with the texts: see RunSpec.outdated_outputs).
 OUTPUTS_OF = {"generation": _EXPLAINED, "split": _EXPLAINED, "limit": _EXPLAINED, "precision": _EXPLAINED,
-              "tune_decoding": _TUNED, "alignment": _ALIGNMENT, "sensitivity": _SENSITIVITY}
+              "tune_decoding": _TUNED, "sensitivity": _SENSITIVITY}
 # The user-sensitivity figures a done.json carries beside the text metrics (the report's columns).
 SENSITIVITY_METRICS = {"user_change": "change", "user_toward": "toward_profile"}
-ALL_OUTPUTS = tuple(dict.fromkeys((*_EXPLAINED, "done.json")))
 # The version of what run_one computes from a run's texts (metrics and evaluations): bump it when the evaluation
 # gains or changes a figure, and the bench scores finished runs again from the texts they already wrote.
 EVALUATION_VERSION = 2
@@ -144,7 +170,7 @@ def stage_keys(spec: RunSpec) -> dict[str, tuple]:
 
 
 def stage_folders(spec: RunSpec, run_dir: Path) -> list[Path]:
-    """Where a run's stages live (what the report reads clusters, metrics and latent plots from)."""
+    """Where a run's stages live (the report's sections read their metrics and figures there)."""
     return [run_dir / folder for folder in stage_keys(spec)]
 
 
@@ -330,13 +356,7 @@ def _run_one(spec: RunSpec, run_dir: Path, *, dataset, bertscore: bool, progress
     tuned = _tuned(spec, dataset, run_dir, bertscore, echo) if spec.tune_decoding else None
     curve = _curve_scores(run_dir, dataset, bertscore)
     sensitivity = _sensitivity(spec, dataset, run_dir, echo) if spec.sensitivity else None
-    method = spec.method_entry()
-    if method.has_alignment and not (run_dir / "alignment.json").exists():
-        from explainrec.io import atomic_write_text
-
-        report, markdown = method.alignment_report(run_dir, dataset, echo=echo, **spec.alignment)
-        atomic_write_json(run_dir / "alignment.json", report)
-        atomic_write_text(run_dir / "alignment.md", markdown)
+    _evaluations(spec, dataset, run_dir, echo)
     done = {
         "evaluation": EVALUATION_VERSION,
         "metrics": {**result["metrics"], **(sensitivity or {})},
@@ -352,6 +372,18 @@ def _run_one(spec: RunSpec, run_dir: Path, *, dataset, bertscore: bool, progress
     }
     atomic_write_json(done_path, done)
     return done
+
+
+def _evaluations(spec: RunSpec, dataset, run_dir: Path, echo) -> None:
+    """Every evaluation the run's method declares (``RUN/NAME.json``/``.md``) that the folder does not hold yet."""
+    from explainrec.methods.evaluations import options_of, write_evaluation
+
+    for evaluation in spec.method_entry().evaluations:
+        if all((run_dir / f).exists() for f in evaluation.files):
+            continue
+        options = options_of(evaluation, spec.evaluations.get(evaluation.name), f"evaluations.{evaluation.name}")
+        report, markdown = evaluation.run(run_dir, dataset, options, echo)
+        write_evaluation(run_dir, evaluation, report, markdown)
 
 
 CURVE_METRICS = ("rougeL", "bertscore_f1", "ret_r1", "ret_mrr", "distinct2", "usr")

@@ -9,11 +9,16 @@ the bench harness, the demo and the server only ever look a method up by name th
     check(dataset, config) what training would reject, raised before any work (stages are checked too)
     stages(config)         upstream stages trained first into sub-folders and shareable between runs
     train(...)             fit on a dataset's train split into a run folder (resumable), write ``model/``;
-                           returns a :class:`Trained` (summary + an explainer on the in-memory model)
+                           returns a :class:`Trained` (its :class:`TrainSummary` + an explainer on the in-memory
+                           model)
     load(...)              open ``model/`` and return an :class:`Explainer` holding the loaded model
+    evaluations            what a method evaluates beside the text metrics (:class:`Evaluation`): ``explainrec
+                           evaluate RUN --extra NAME`` and the bench run them
+    report_sections        sections it adds to a bench report (:class:`ReportSection`): a bench config names them
+                           as experiment kinds
 
-A stage-only entry (GaVaMoE's VAE-GMM, XRec's LightGCN) has ``explains = False``: it trains and saves, and the
-methods that build on it name it in :meth:`Method.stages`.
+A stage-only entry (a clustering or an embedding a method starts from) has ``explains = False``: it trains and
+saves, and the methods that build on it name it in :meth:`Method.stages`.
 """
 from __future__ import annotations
 
@@ -78,6 +83,45 @@ class TrainSummary:
                    config=dict(data.get("config") or {}))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation a method brings beside the text metrics, run on one of its trained run folders.
+
+    ``explainrec evaluate RUN --extra NAME --data D [KEY=VALUE ...]`` (and :func:`explainrec.evaluate`) runs it, and
+    the bench runs it on every run of the method (options under the config's ``evaluations: {NAME: {...}}``); both
+    write ``NAME.json`` and ``NAME.md``. ``run(run, dataset, options, echo) -> (report, markdown)`` gets the run
+    folder, the dataset it was trained on and an instance of ``options``, a :class:`~explainrec.config.Config` whose
+    keys carry their defaults, limits and help. Names are unique across the registry.
+    """
+
+    name: str
+    description: str
+    options: type[Config]
+    run: Callable[[Path, Any, Config, Callable[..., None]], tuple[dict, str]]
+
+    @property
+    def files(self) -> tuple[str, str]:
+        """What it writes: ``NAME.json`` (the report) and ``NAME.md`` (the same, readable)."""
+        return f"{self.name}.json", f"{self.name}.md"
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A section a method adds to the bench report; a bench config lists it as an experiment kind
+    (``experiments: {NAME: [run, ...]}``) and the report renders it there, looked up through the registry.
+
+    ``render(cfg, results, runs, out) -> markdown lines``: ``cfg`` is the bench config, ``results`` every planned run
+    as found on disk (:class:`explainrec.metrics.seed_tables.RunResult`), ``runs`` the run names the experiment
+    lists and ``out`` the report's folder (figures go to ``out/figures``); the helpers of
+    :mod:`explainrec.metrics.seed_tables` make its cells look like the rest of the report. Names are unique across
+    the registry and differ from the bench's own kinds.
+    """
+
+    name: str
+    description: str
+    render: Callable[[dict, list, list[str], Path], list[str]]
+
+
 @dataclass
 class Trained:
     """What training returns: its :class:`TrainSummary` and, for methods that explain, an :class:`Explainer` on the
@@ -96,7 +140,9 @@ class Method:
     explains: ClassVar[bool] = True  # False: a stage-only entry (no explanations)
     trains: ClassVar[bool] = True  # False: usable without a run folder (zero-shot)
     preset_folder: ClassVar[str] = "configs"  # beside the entry's module
-    has_alignment: ClassVar[bool] = False  # True: alignment_report() evaluates a run against what it explains
+    evaluations: ClassVar[tuple["Evaluation", ...]] = ()  # run on a trained run: explainrec evaluate --extra NAME
+    report_sections: ClassVar[tuple["ReportSection", ...]] = ()  # bench report sections: experiments: {NAME: [...]}
+    headline: ClassVar[tuple[str, ...]] = ()  # keys of its summary's metrics a one-line report shows (the bench's)
 
     # ------------------------------------------------------------------ config
 
@@ -171,9 +217,13 @@ class Method:
         """The :class:`Explainer` of a model folder this method wrote (``manifest`` is its explainrec.json)."""
         raise NotImplementedError
 
-    def alignment_report(self, run: Path, dataset, **options) -> tuple[dict, str]:
-        """``(report, markdown)`` of how well a run is aligned to the model it explains (RecExplainer)."""
-        raise ConfigError(f"{self.name} has no alignment evaluation: it is not aligned to a recommender")
+    def evaluation(self, name: str) -> "Evaluation":
+        """The evaluation called ``name`` this method declares; a clear error naming the ones it has."""
+        for evaluation in self.evaluations:
+            if evaluation.name == name:
+                return evaluation
+        has = ", ".join(e.name for e in self.evaluations) or "none"
+        raise ConfigError(f"{self.name} has no evaluation {name!r} (its evaluations: {has})")
 
     def untrained(self, config: Config, *, device=None, dtype=None) -> "Explainer":
         """For methods with ``trains = False``: an explainer straight from a config (no run folder)."""
@@ -186,10 +236,10 @@ class Prepared:
 
     ``hooks`` (:class:`~explainrec.llm.generate.GenerationHooks`) go to ``generate_texts`` as they are: soft-token
     embeddings, a per-batch context (routing, injection) and the shared-prompt-prefix settings only the method can
-    vouch for. ``extras(i, text)`` is called after generation (so it can report what the generation did, e.g.
-    GaVaMoE's most used experts, or what the method decided first, e.g. RecExplainer's yes/no) and adds fields to
-    pair ``i``'s row. ``messages``: per-pair chat messages when the prompt depends on what the model said first
-    (RecExplainer asks the decision, then why); None = ``Explainer.prompt`` of each pair.
+    vouch for. ``extras(i, text)`` is called after generation (so it can report what the generation did, e.g. the
+    most used experts, or what the method decided first, e.g. a yes/no) and adds fields to pair ``i``'s row.
+    ``messages``: per-pair chat messages when the prompt depends on what the model said first (a method that asks
+    for a decision first, then why); None = ``Explainer.prompt`` of each pair.
     """
 
     cold_start: list[bool]

@@ -48,3 +48,14 @@ def all_methods() -> list:
 def default_untrained():
     """The entry used when a command gets no run folder and no --method (:data:`DEFAULT_UNTRAINED`)."""
     return get(DEFAULT_UNTRAINED)
+
+
+def report_sections() -> dict:
+    """Every bench report section a registered method declares, by name (see
+    :class:`~explainrec.methods.base.ReportSection`)."""
+    return {section.name: section for m in all_methods() for section in m.report_sections}
+
+
+def evaluations() -> dict:
+    """Every evaluation a registered method declares, by name (see :class:`~explainrec.methods.base.Evaluation`)."""
+    return {evaluation.name: evaluation for m in all_methods() for evaluation in m.evaluations}

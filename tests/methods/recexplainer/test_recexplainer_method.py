@@ -1,5 +1,6 @@
 """RecExplainer through the method contract: the run folder, named-items-only questions, the explainer's verdict
-fields, and `explainrec evaluate-alignment` (the cross-method checks are in tests/methods/test_contract.py)."""
+fields, and its declared evaluation through `explainrec evaluate RUN --extra alignment` (the cross-method checks are in
+tests/methods/test_contract.py)."""
 from __future__ import annotations
 
 import json
@@ -57,23 +58,28 @@ def test_evaluate_alignment_command(tmp_path):
     runner = CliRunner()
     run = tmp_path / "r"
     assert runner.invoke(app, ["train", "recexplainer", "--data", DATA, "--out", str(run), "--config", "tiny"]).exit_code == 0
-    result = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA, "--limit", "3", "--explanations", "4",
-                                 "--no-zero-shot"])
+    result = runner.invoke(app, ["evaluate", str(run), "--extra", "alignment", "--data", DATA, "limit=3",
+                                 "explanations=4", "zero_shot=false"])
     assert result.exit_code == 0, result.output
     report = json.loads((run / "alignment.json").read_text())
     assert {"hybrid", "random", "popularity"} <= set(report["alignment"])
     assert report["alignment"]["hybrid"]["interest"]["n"] <= 3
     assert {"decision", "probe", "grounding", "attribution", "counterfactual"} <= set(report["explanations"])
     assert "| hybrid |" in (run / "alignment.md").read_text()
-    again = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA])
+    again = runner.invoke(app, ["evaluate", str(run), "--extra", "alignment", "--data", DATA])
     assert again.exit_code == 2 and "alignment.json there already exists" in again.output  # an earlier result kept
-    wrong = runner.invoke(app, ["evaluate-alignment", str(run), "--data", "synthetic:users=31,items=25,types=2",
-                                "--overwrite"])
+    wrong = runner.invoke(app, ["evaluate", str(run), "--extra", "alignment", "--data",
+                                "synthetic:users=31,items=25,types=2", "--overwrite"])
     assert wrong.exit_code == 2 and "trained on other data" in wrong.output
+    bad = runner.invoke(app, ["evaluate", str(run), "--extra", "alignment", "--data", DATA, "--overwrite", "limit=0"])
+    assert bad.exit_code == 2 and "limit: must be >= 1" in bad.output
     other = tmp_path / "v"
     assert runner.invoke(app, ["train", "vae-gmm", "--data", DATA, "--out", str(other), "--config", "tiny"]).exit_code == 0
-    refused = runner.invoke(app, ["evaluate-alignment", str(other), "--data", DATA])
-    assert refused.exit_code == 2 and "no alignment evaluation" in refused.output
+    refused = runner.invoke(app, ["evaluate", str(other), "--extra", "alignment", "--data", DATA])
+    assert refused.exit_code == 2 and "vae-gmm has no evaluation 'alignment' (its evaluations: none)" in refused.output
+    # the command it replaces says so
+    old = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA])
+    assert old.exit_code == 2 and "explainrec evaluate RUN --extra alignment" in old.output
 
 
 def test_zero_shot_table_is_scored_once_for_the_variants_of_one_recommender(tmp_path, monkeypatch):
@@ -87,14 +93,14 @@ def test_zero_shot_table_is_scored_once_for_the_variants_of_one_recommender(tmp_
         trained = runner.invoke(app, ["train", "recexplainer", "--data", DATA, "--out", str(run), "--config", "tiny",
                                       f"variant={variant}"])
         assert trained.exit_code == 0, trained.output
-        result = runner.invoke(app, ["evaluate-alignment", str(run), "--data", DATA, "--limit", "3",
-                                     "--explanations", "0"])
+        result = runner.invoke(app, ["evaluate", str(run), "--extra", "alignment", "--data", DATA, "limit=3",
+                                     "explanations=0"])
         assert result.exit_code == 0, result.output
         tables.append(json.loads((run / "alignment.json").read_text())["alignment"]["zero-shot"])
         outputs.append(result.output)
     assert "reusing" not in outputs[0] and "reusing" in outputs[1]
     assert tables[0] == tables[1]
     assert len(list((tmp_path / "cache" / "alignment-zero-shot").glob("*.json"))) == 1
-    again = runner.invoke(app, ["evaluate-alignment", str(tmp_path / "intention"), "--data", DATA, "--limit", "2",
-                                "--explanations", "0", "--overwrite"])
+    again = runner.invoke(app, ["evaluate", str(tmp_path / "intention"), "--extra", "alignment", "--data", DATA,
+                                "limit=2", "explanations=0", "--overwrite"])
     assert again.exit_code == 0 and "reusing" not in again.output  # other questions: scored anew

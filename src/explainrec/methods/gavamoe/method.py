@@ -3,8 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explainrec.methods.base import Method, StageUse, Trained
+from explainrec.methods.base import Method, ReportSection, StageUse, Trained
 from explainrec.methods.gavamoe.config import GaVaMoEConfig
+
+
+def _gates(cfg, results, runs, out) -> list[str]:
+    from explainrec.methods.gavamoe.report import section_gates
+
+    return section_gates(cfg, results, runs, out)
+
+
+def _latent(cfg, results, runs, out) -> list[str]:
+    from explainrec.methods.gavamoe.report import section_latent
+
+    return section_latent(cfg, results, runs, out)
 
 
 class GaVaMoE(Method):
@@ -12,6 +24,11 @@ class GaVaMoE(Method):
     description = ("GaVaMoE: VAE-GMM pair clusters pick one gate per cluster in a fine-grained MoE in every LLaMA "
                    "layer; soft user/item tokens (arXiv 2410.11841)")
     config_class = GaVaMoEConfig
+    report_sections = (
+        ReportSection("gates", "Table 3: per number of clusters K, the cluster sizes, stage 1's test AUC and the text "
+                      "metrics (runs of gavamoe or vae-gmm with different clusters)", _gates),
+        ReportSection("latent", "Figure 5: each run's stage-1 latent plot, coloured by cluster", _latent),
+    )
 
     def stages(self, config: GaVaMoEConfig) -> list[StageUse]:
         return [StageUse("stage1", "vae-gmm", config.stage1_config())]

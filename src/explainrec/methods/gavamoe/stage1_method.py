@@ -23,6 +23,7 @@ class VaeGmmStage(Method):
     config_class = VaeGmmConfig
     explains = False
     preset_folder = "configs/vae-gmm"
+    headline = ("cluster_sizes", "test_auc")
 
     def check(self, dataset, config: VaeGmmConfig) -> None:
         from explainrec.methods.gavamoe.stage1_train import check_data

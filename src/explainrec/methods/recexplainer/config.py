@@ -86,3 +86,16 @@ class RecExplainerConfig(LLMTrainConfig):
 
         if self.tuning == "lora" and self.lora.r == 0:
             raise ConfigError("tuning: 'lora' needs lora.r > 0 (or tuning=full / tuning=projectors)")
+
+
+@dataclass
+class AlignmentEvaluationOptions(Config):
+    """The ``alignment`` evaluation of a trained run (``explainrec evaluate RUN --extra alignment``, the bench's
+    ``evaluations: {alignment: {...}}``): Table 1 on the held-out alignment rows and the explanation checks."""
+
+    limit: int | None = option(100, "held-out rows scored per task (null: all)", min=1)
+    explanations: int = option(48, "explanations generated for the checks (0: none)", min=0)
+    zero_shot: bool = option(True, "also score the untrained LLM on the titles-only form of the same questions")
+    catalogue_max: int = option(3000, "rank the whole catalogue by likelihood (Task 1's catalogue column) when it "
+                                "has at most this many items", min=1)
+    max_new_tokens: int = option(96, "longest generated answer or explanation, in tokens", min=1)

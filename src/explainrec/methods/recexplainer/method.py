@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explainrec.methods.base import Method, StageUse, Trained
-from explainrec.methods.recexplainer.config import RecExplainerConfig
+from explainrec.methods.base import Evaluation, Method, ReportSection, StageUse, Trained
+from explainrec.methods.recexplainer.config import AlignmentEvaluationOptions, RecExplainerConfig
+
+
+def _alignment(run: Path, dataset, options: AlignmentEvaluationOptions, echo) -> tuple[dict, str]:
+    from explainrec.methods.recexplainer.report import alignment_report, to_markdown
+
+    report = alignment_report(run, dataset, echo=echo, **options.to_dict())
+    return report, to_markdown(report)
+
+
+def _alignment_section(cfg, results, runs, out) -> list[str]:
+    from explainrec.methods.recexplainer.report import section_alignment
+
+    return section_alignment(cfg, results, runs, out)
 
 
 class RecExplainer(Method):
@@ -13,7 +26,12 @@ class RecExplainer(Method):
     description = ("RecExplainer: an LLM aligned to a trained recommender (behaviour / intention / hybrid) explains "
                    "that recommender's decisions (arXiv 2311.10947)")
     config_class = RecExplainerConfig
-    has_alignment = True
+    evaluations = (Evaluation("alignment", "the paper's Table 1 (T1 HR/NDCG@5, T2 NDCG@5, T3 accuracy, T6 coverage "
+                              "beside random, popularity and the untrained LLM) and automatic checks of the "
+                              "explanations (decision, probe, grounding, attribution, counterfactual)",
+                              AlignmentEvaluationOptions, _alignment),)
+    report_sections = (ReportSection("alignment", "Table 1 and the explanation checks of each run's alignment.json",
+                                     _alignment_section),)
 
     def stages(self, config: RecExplainerConfig) -> list[StageUse]:
         return [StageUse("recommender", "recommender", config.recommender_config())]
@@ -36,9 +54,3 @@ class RecExplainer(Method):
         return recexplainer_explainer(model, load_tokenizer(folder), rec, names, users, items,
                                       variant=manifest["arch"]["variant"], method=self.name,
                                       info=run_info(self.name, folder, manifest))
-
-    def alignment_report(self, run: Path, dataset, **options) -> tuple[dict, str]:
-        from explainrec.methods.recexplainer.report import alignment_report, to_markdown
-
-        report = alignment_report(run, dataset, **options)
-        return report, to_markdown(report)

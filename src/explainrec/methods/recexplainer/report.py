@@ -1,10 +1,11 @@
-"""`explainrec evaluate-alignment RUN --data D`: how well a RecExplainer run is aligned to its recommender
+"""`explainrec evaluate RUN --extra alignment --data D`: how well a RecExplainer run is aligned to its recommender
 (the paper's Table 1) and how faithful its explanations are (automatic checks standing in for the GPT-4 judge).
 
 The table holds, on the run's held-out alignment rows: the aligned model, the untrained LLM (asked the titles-only
 form of the same questions: it cannot read vectors), and the random and popularity baselines. The explanation
 checks ask the aligned model and the untrained LLM whether the user will like an item, on the recommender's own
-Yes/No test pairs. Writes ``alignment.json`` and ``alignment.md``.
+Yes/No test pairs. The command (and the bench, for every RecExplainer run) writes ``alignment.json`` and
+``alignment.md``; :func:`section_alignment` is the bench report's section over them (experiment kind ``alignment``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from explainrec.data.schema import Dataset
+from explainrec.metrics.seed_tables import cell, datasets, groups, missing_note, read_json
 
 TASK_COLUMNS = (("next_item", "hr@5", "T1 HR@5"), ("next_item", "ndcg@5", "T1 NDCG@5"),
                 ("next_item_catalogue", "hr@5", "T1 HR@5 (catalogue, ours)"), ("ranking", "ndcg@5", "T2 NDCG@5"),
@@ -48,7 +50,7 @@ def alignment_report(run: str | Path, dataset: Dataset, *, limit: int | None = 1
                                         allowed=allowed_items(dataset, cfg))
         if r["split"] == "test"]
     catalogue = rec.n_items <= catalogue_max
-    echo(f"[evaluate-alignment] {cfg.variant}: {len(rows)} held-out rows, at most {limit} per task")
+    echo(f"[alignment] {cfg.variant}: {len(rows)} held-out rows, at most {limit} per task")
     table = {cfg.variant: evaluate_alignment(model, tokenizer, rows, names, limit=limit, catalogue_ranking=catalogue)}
     base = None
     if zero_shot:  # the rows after the variant's are its baselines, in the order tables show them
@@ -89,7 +91,7 @@ def _cached(key: str, echo, compute) -> dict:
     if path.exists():
         try:
             table = json.loads(path.read_text())
-            echo(f"[evaluate-alignment] zero-shot: the same questions were scored before; reusing {path}")
+            echo(f"[alignment] zero-shot: the same questions were scored before; reusing {path}")
             return table
         except (OSError, ValueError):
             pass  # unreadable: compute again and replace it
@@ -98,7 +100,7 @@ def _cached(key: str, echo, compute) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, table)
     except OSError as e:  # a read-only cache is no reason to fail the report
-        echo(f"[evaluate-alignment] could not cache the zero-shot table at {path}: {e}")
+        echo(f"[alignment] could not cache the zero-shot table at {path}: {e}")
     return table
 
 
@@ -210,3 +212,60 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| counterfactual: decision follows the swapped user's label | {cf['follows']:.3f} "
                          f"(flipped pairs {cf.get('follows_flipped', float('nan')):.3f}, n {cf['n']}) | – |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------- bench report
+
+
+def section_alignment(cfg, results, runs, out) -> list[str]:
+    """Table 1 of a method aligned to a recommender (each run's RUN/alignment.json: its ``columns`` name the
+    metrics) and the checks of its explanations."""
+    lines = ["## Alignment to the recommender (Table 1) and explanation checks", "",
+             "Held-out alignment rows of each run (Task 1: HR/NDCG@5 of the recommender's top-1 over 5 beams, exact "
+             "title match; the catalogue column ranks every catalogue title by likelihood, ours; Task 2: graded "
+             "NDCG@5; Task 3: Yes/No accuracy from the next-token logits; Task 6: share of generated history titles "
+             "really in the history). Random, popularity and the untrained LLM (titles-only questions) are scored "
+             "on the first run's rows.", ""]
+    for ds in datasets(cfg, results):
+        found = [x for _, rs in groups(results, ds, runs) for r in rs
+                 if (x := read_json(r.planned.run_dir / "alignment.json"))]
+        columns = [tuple(c) for c in found[0]["columns"]] if found else []
+        lines += [f"### {ds}", ""]
+        if not columns:
+            lines += ["_No finished run with an alignment report yet._", ""]
+            continue
+        lines += ["| run | " + " | ".join(label for _, _, label in columns) + " |", "|---|" + "---:|" * len(columns)]
+        checks, baselines = [], None
+        for run, rs in groups(results, ds, runs):
+            reports = [x for r in rs if (x := read_json(r.planned.run_dir / "alignment.json"))]
+            if not reports:
+                lines.append(f"| {run}{missing_note(rs)} | " + " | ".join("–" for _ in columns) + " |")
+                continue
+            variant = reports[0]["variant"]
+            cells = []
+            for task, key, _ in columns:
+                vals = [v for rep in reports if (v := ((rep["alignment"].get(variant) or {}).get(task) or {}).get(key))
+                        is not None and v == v]
+                cells.append(cell("usr", vals) if vals else "–")
+            lines.append(f"| {run} ({variant}) | " + " | ".join(cells) + " |")
+            # the rows beside the aligned model (untrained LLM, random, ...), as the method's report wrote them
+            baselines = baselines or {n: row for n, row in reports[0]["alignment"].items() if n != variant}
+            checks.append((run, reports))
+        for name, row in (baselines or {}).items():
+            cells = [("–" if (v := (row.get(t) or {}).get(k)) is None or v != v else f"{v:.4f}") for t, k, _ in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if checks:
+            lines += ["", "| run | decision agrees | probe MSE (zero-shot texts) | probe AUC | grounded | "
+                      "hallucinated / text | attribution lift | counterfactual follows |", "|---|" + "---:|" * 7]
+            for run, reports in checks:
+                ex = reports[0].get("explanations") or {}
+                if not ex:
+                    continue
+                probe, cf = ex["probe"], ex.get("counterfactual") or {}
+                lines.append(
+                    f"| {run} | {ex['decision']['agreement']:.3f} | {probe['mse']:.4f} "
+                    f"({(probe.get('baseline') or {}).get('mse', float('nan')):.4f}) | {probe.get('auc', float('nan')):.3f} "
+                    f"| {ex['grounding']['grounded']:.3f} | {ex['grounding']['hallucinated_per_text']:.2f} | "
+                    f"{ex['attribution']['lift']:.2f} | {cf.get('follows', float('nan')):.3f} |")
+        lines.append("")
+    return lines
