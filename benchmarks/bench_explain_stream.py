@@ -180,8 +180,8 @@ def main() -> int:
             print(f"[{procs} process{'es' if procs > 1 else ''}] load after:  {load()}")
             rows.append((procs, result))
         same = (tmp / "ratio-1.jsonl").read_bytes() == (tmp / "ratio-2.jsonl").read_bytes()
-        print(f"\n{n:,} pairs ({args.model}):\n\n| processes | in-run pairs/s | end-to-end s | end-to-end pairs/s | CPU ms "
-              f"per pair |\n|---:|---:|---:|---:|---:|")
+        print(f"\n{n:,} pairs ({args.model}):\n\n| processes | in-run pairs/s | end-to-end s | end-to-end pairs/s "
+              f"| CPU ms per pair |\n|---:|---:|---:|---:|---:|")
         for procs, r in rows:
             print(f"| {procs} | {r['rate']:.1f} | {r['wall']:.1f} | {n / r['wall']:.1f} | {1e3 * r['cpu'] / n:.2f} |")
         (_, one), (_, two) = rows

@@ -89,4 +89,5 @@ def test_pairs_and_one_pair_together_are_refused(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"user": "u0", "item": "i0"}\n')
     result = _run(*TINY, "--pairs", pairs, "--user", "u1", "--item", "i1")
-    assert result.exit_code == 2 and "--pairs explains a file of pairs, --user/--item/--pair-file one pair" in result.output
+    assert result.exit_code == 2, result.output
+    assert "--pairs explains a file of pairs, --user/--item/--pair-file one pair" in result.output

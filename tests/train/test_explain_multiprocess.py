@@ -1,5 +1,5 @@
-"""`explain --pairs` under `accelerate launch --num_processes 2` on the CPU (gloo, configs/accelerate/data-parallel.yaml):
-the two processes write exactly the file one process writes, each generating its own share; a process killed
+"""`explain --pairs` under `accelerate launch --num_processes 2` on the CPU (gloo, with
+configs/accelerate/data-parallel.yaml): the two processes write exactly the file one process writes, each generating its own share; a process killed
 mid-run and the launch restarted with --resume give that file again, with no pair generated twice."""
 from __future__ import annotations
 

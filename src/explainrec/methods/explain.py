@@ -29,8 +29,9 @@ def explain_split(explainer, dataset: Dataset, split: str = "test", *, limit: in
     ``chunk_size`` (with ``out``): explain and write the pairs in chunks (:func:`explain_in_chunks`), so that a
     stopped run keeps what it wrote and ``resume=True`` continues it; ``identity`` is what else must not change
     between a run and its resume (the model); ``launch`` shares the chunks among the processes of a launch
-    (:mod:`explainrec.methods.sharding`; a process that did not write ``out`` returns no rows). Returns ``(rows, stats)``
-    (:class:`~explainrec.llm.generate.GenerationStats`; a resumed run's stats count this call's pairs only).
+    (:mod:`explainrec.methods.sharding`; a process that did not write ``out`` returns no rows). Returns
+    ``(rows, stats)`` (:class:`~explainrec.llm.generate.GenerationStats`; a resumed run's stats count this call's
+    pairs only).
     """
     from explainrec.io import atomic_write_jsonl
     from explainrec.llm.generate import GenerationStats
@@ -68,8 +69,7 @@ def explain_pairs(explainer, stream, out: str | Path, *, chunk_size: int, genera
 
     stats = GenerationStats()
     source = StreamSource(stream, stream.scan(chunk_size), text)
-    plan = {"pairs_file": stream.path.name, "limit": stream.limit,
-            "data": text.dataset.name if text is not None else None, **(identity or {})}
+    plan = {"limit": stream.limit, "data": text.dataset.name if text is not None else None, **(identity or {})}
     wrote = explain_in_chunks(explainer, source, Path(out), plan=plan, generation=generation, resume=resume,
                               stats=stats, echo=echo, launch=launch)
     return wrote, stats
@@ -219,7 +219,8 @@ class Progress:
         self.last = now
         total, rate = self.source.pairs, (self.done - self.before) / max(now - self.start, 1e-9)
         eta = (total - self.done) / rate if rate > 0 else float("inf")
-        eta_text = "?" if eta == float("inf") else f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s"
+        eta_text = ("?" if eta == float("inf")
+                    else f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m{int(eta % 60):02d}s")
         self.echo(f"[explain] {self.done:,} of {total:,} pairs ({100 * self.done / total:.1f}%) by {self.world} "
                   f"process{'es' if self.world > 1 else ''}: {rate:.1f} pairs/s, ETA {eta_text}")
 
