@@ -21,7 +21,7 @@ import torch
 
 from explainrec.llm.load import load_llm
 from explainrec.methods.gavamoe.surgery import moe_upcycle
-from explainrec.methods.gavamoe.modeling import MoEConfig
+from explainrec.methods.gavamoe.config import MoEConfig
 from explainrec.methods.gavamoe.moe_ffn import MultiGatedMoE
 from explainrec.methods.gavamoe.routing import routing
 

@@ -19,7 +19,7 @@ LAYERS = (
     {"methods"},
     {"modules"},
     {"metrics", "analysis"},
-    {"llm", "train", "folders"},
+    {"llm", "training", "folders"},
     {"config", "data"},
     {"io", "interrupt", "version"},
 )

@@ -68,7 +68,7 @@ def boundary(fn=None, *, signals: bool = True):
         except Exception as err:  # noqa: BLE001 -- the boundary: a bug still ends in one line
             if debug_enabled():
                 raise
-            from explainrec.train.loop import TrainingError
+            from explainrec.training.loop import TrainingError
 
             if isinstance(err, TrainingError):
                 fail(_one_line(err), 1)

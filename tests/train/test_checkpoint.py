@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from explainrec.train.checkpoint import (
+from explainrec.training.checkpoint import (
     CheckpointError,
     is_complete,
     load_checkpoint,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from explainrec.train.loop import LengthBuckets
+from explainrec.training.loop import LengthBuckets
 
 
 def test_every_row_once_similar_lengths_and_seeded():

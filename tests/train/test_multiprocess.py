@@ -39,7 +39,7 @@ def _train_in_process() -> None:
     from explainrec.methods import llm_method, registry
     from explainrec.methods.runs import train_run
 
-    import explainrec.train.loop as loop
+    import explainrec.training.loop as loop
 
     captured = {"users": 0}
     real_fit, real_loop = llm_method.fit, loop.run_loop

@@ -197,7 +197,7 @@ class Method:
 
             raise DataError(f"dataset {dataset.name!r}: no explained pairs in split 'train' ({self.name} learns to "
                             "write explanations from them); give data with an 'explanation' field")
-        from explainrec.train.settings import LLMTrainConfig
+        from explainrec.training.settings import LLMTrainConfig
 
         if isinstance(config, LLMTrainConfig):
             from explainrec.llm.load import check_llm_name

@@ -44,7 +44,7 @@ def fit(model: torch.nn.Module, rows: dict[str, list[dict]], tokenizer, cfg, out
     ``collate`` defaults to the explanation rows' (:func:`explainrec.data.collate.make_collate`); ``curve`` is
     :func:`curve_texts`'s hook (None: validation NLL only)."""
     from explainrec.data.collate import make_collate
-    from explainrec.train.loop import make_accelerator, run_loop
+    from explainrec.training.loop import make_accelerator, run_loop
 
     acc = acc or make_accelerator(cfg.grad_accum)
     if hasattr(model, "targets_only"):  # the method's model computes its loss through explainrec.llm.loss

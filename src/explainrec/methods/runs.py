@@ -32,7 +32,7 @@ class RunFolderError(ConfigError):
 
 
 def _process():
-    from explainrec.train.loop import process_state
+    from explainrec.training.loop import process_state
 
     return process_state()
 

@@ -1,7 +1,7 @@
 """The processes of one launch sharing one explain: who takes which chunks, who holds the folder, who merges.
 
 Under ``accelerate launch`` or ``torchrun`` every process runs the same command; :func:`current_launch` finds this
-one's place through the same process state training uses (:func:`explainrec.train.loop.process_state`: gloo on
+one's place through the same process state training uses (:func:`explainrec.training.loop.process_state`: gloo on
 CPUs, NCCL on GPUs, each process on its own GPU). One process alone is a launch of one.
 
 How the work is shared: the pairs are cut into chunks (:mod:`explainrec.methods.explain`); the main process
@@ -87,7 +87,7 @@ def current_launch() -> Launch:
     """This process's place: from the launcher's ``WORLD_SIZE`` / ``RANK`` through accelerate's process state."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return Launch()
-    from explainrec.train.loop import process_state
+    from explainrec.training.loop import process_state
 
     state = process_state()
     return Launch(rank=state.process_index, world=state.num_processes)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainrec.data.schema import DataError, Dataset, IdMap
-from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from explainrec.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 
 
@@ -310,7 +310,7 @@ def train_lightgcn(
         say(f"[lightgcn] resumed from {ckpt} after epoch {first}")
     start = time.perf_counter() - sum(h["seconds"] for h in history)
 
-    from explainrec.train.loop_utils import progress as bar
+    from explainrec.training.loop_utils import progress as bar
 
     for epoch in bar(range(first, epochs), enabled=progress, desc="lightgcn", total=epochs - first):
         t0 = time.perf_counter()

@@ -1,11 +1,11 @@
 """Training helpers shared by every recipe: atomic checkpoints and small loop utilities."""
-from explainrec.train.checkpoint import (
+from explainrec.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_extra_tensors,
     save_checkpoint,
 )
-from explainrec.train.loop_utils import progress, resolve_device, seed_everything
+from explainrec.training.loop_utils import progress, resolve_device, seed_everything
 
 __all__ = [
     "CheckpointError",

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from explainrec.data.schema import DataError
 from explainrec.io import atomic_dir, recover_dir, sha256_file
-from explainrec.train.loop_utils import rng_restore, rng_snapshot
+from explainrec.training.loop_utils import rng_restore, rng_snapshot
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"

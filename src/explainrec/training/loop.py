@@ -17,8 +17,8 @@ import torch
 
 from explainrec import interrupt
 from explainrec.io import atomic_write_jsonl
-from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
-from explainrec.train.loop_utils import progress
+from explainrec.training.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from explainrec.training.loop_utils import progress
 
 # Settings that may change between a run and its resume (a budget, not the run's identity).
 RESUMABLE_KEYS = ("max_minutes", "max_steps", "epochs")

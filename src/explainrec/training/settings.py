@@ -27,7 +27,7 @@ class LoraConfig(Config):
 
 @dataclass
 class LLMTrainConfig(Config):
-    """The supervised explanation-training loop (explainrec.train.loop) and the LLM it trains."""
+    """The supervised explanation-training loop (explainrec.training.loop) and the LLM it trains."""
 
     RESUMABLE = ("max_minutes", "max_steps", "epochs", "curve_pairs", "curve_batch_size", "curve_max_new_tokens")
 

@@ -18,7 +18,7 @@ from explainrec.methods.gavamoe.config import VaeGmmConfig
 from explainrec.methods.gavamoe.stage1_eval import read_clusters
 from explainrec.methods.gavamoe.stage1_method import VaeGmmStage, load_vae_gmm
 from explainrec.methods.gavamoe.vae_gmm import InteractionSampler, VaeGmm
-from explainrec.train.checkpoint import CheckpointError
+from explainrec.training.checkpoint import CheckpointError
 
 
 def _model(likelihood: str = "gaussian", k: int = 3, seed: int = 0) -> VaeGmm:

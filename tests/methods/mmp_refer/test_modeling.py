@@ -161,7 +161,7 @@ def test_run_loop_contract(world, tmp_path):
     """One epoch through the shared training loop: forward(**batch) -> .loss/.parts, checkpoint, log."""
     from dataclasses import asdict, dataclass
 
-    from explainrec.train.loop import make_accelerator, run_loop
+    from explainrec.training.loop import make_accelerator, run_loop
 
     @dataclass
     class Settings:

@@ -172,7 +172,7 @@ def test_configure_trainable_modes(small_mf):
 
 
 def test_run_loop_trains_the_projectors(small_ds, small_mf, tmp_path):
-    from explainrec.train.loop import make_accelerator, run_loop
+    from explainrec.training.loop import make_accelerator, run_loop
 
     @dataclass
     class Cfg:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from explainrec.config import Config, ConfigError, option, seed_option
-from explainrec.train.settings import LLMTrainConfig
+from explainrec.training.settings import LLMTrainConfig
 
 VARIANTS = ("full", "single-gate", "coarse", "base")
 TRAINABLE_GROUPS = ("experts", "gates", "soft", "vae", "ffn", "attention", "all")

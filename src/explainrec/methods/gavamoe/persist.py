@@ -17,7 +17,7 @@ from explainrec.methods.model_folder import ModelFolderError
 
 def save_gavamoe(model: GaVaMoE, tokenizer, path: Path, cfg: GaVaMoEConfig, dataset, *, method: str) -> Path:
     """Write ``path`` atomically. LoRA adapters (if any) are merged into the weights first."""
-    from explainrec.train.settings import merge_lora
+    from explainrec.training.settings import merge_lora
 
     model.llm = merge_lora(model.llm)
     arch = {

@@ -18,7 +18,7 @@ from explainrec.methods import llm_method
 from explainrec.methods.gavamoe.config import GaVaMoEConfig
 from explainrec.methods.gavamoe.modeling import GaVaMoE
 from explainrec.methods.gavamoe.prompting import prompt_for
-from explainrec.train.loop_utils import seed_everything
+from explainrec.training.loop_utils import seed_everything
 
 _GROUP_RULES = {
     "experts": lambda n: ".mlp.experts." in n,
@@ -47,7 +47,7 @@ def build_model(cfg: GaVaMoEConfig, vae, llm, tokenizer, ids: dict[str, int]):
     """LLM (+ surgery, + LoRA) + VAE-GMM -> GaVaMoE. Returns ``(model, surgery report or None)``."""
     from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
     from explainrec.methods.gavamoe.surgery import moe_upcycle
-    from explainrec.train.settings import apply_lora
+    from explainrec.training.settings import apply_lora
 
     surgery = cfg.moe.surgery_kwargs(cfg.clusters)
     report = moe_upcycle(llm, **surgery) if surgery else None

@@ -23,9 +23,9 @@ from explainrec.data.schema import DataError, Dataset
 from explainrec.methods.gavamoe.config import VaeGmmConfig
 from explainrec.methods.gavamoe.gmm_init import init_prior_from_latents
 from explainrec.methods.gavamoe.vae_gmm import InteractionSampler, VaeGmm
-from explainrec.train.checkpoint import checkpoint_exists, load_checkpoint, load_extra_tensors, save_checkpoint
-from explainrec.train.loop_utils import progress as progress_bar
-from explainrec.train.loop_utils import resolve_device, seed_everything
+from explainrec.training.checkpoint import checkpoint_exists, load_checkpoint, load_extra_tensors, save_checkpoint
+from explainrec.training.loop_utils import progress as progress_bar
+from explainrec.training.loop_utils import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _train_epoch(model: VaeGmm, optimizer, data: TrainData, cfg: VaeGmmConfig, p
             parts = {"loss": p.loss, "recon": p.recon, "kl": p.kl, "rating_nll": p.rating_nll, "items_nll": p.items_nll}
             loss = p.loss
         if not torch.isfinite(loss):
-            from explainrec.train.loop import TrainingError
+            from explainrec.training.loop import TrainingError
 
             raise TrainingError(f"[vae-gmm] {desc}: the loss became {loss.item()} at batch {b}; training stopped and "
                                 f"the last epoch's checkpoint is kept -- lower lr (now {cfg.lr:g}) and start again")

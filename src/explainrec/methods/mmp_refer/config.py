@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from explainrec.config import Config, ConfigError, option, seed_option
-from explainrec.train.settings import LLMTrainConfig, LoraConfig
+from explainrec.training.settings import LLMTrainConfig, LoraConfig
 
 FALLBACKS = ("neighbours", "mean")
 USER_ENCODERS = ("auto", "sasrec", "mean")

@@ -102,7 +102,7 @@ def encode_texts(texts: Sequence[str], tokenizer, model, *, batch_size: int = 64
     order = sorted(range(len(unique)), key=lambda i: len(unique[i]))
     out = np.zeros((len(unique), model.config.hidden_size), dtype=np.float32)
     device = next(model.parameters()).device
-    from explainrec.train.loop_utils import progress as bar
+    from explainrec.training.loop_utils import progress as bar
 
     starts = range(0, len(order), batch_size)
     with torch.inference_mode():

@@ -586,7 +586,7 @@ def find_paths(graph: TrainGraph, pairs: Iterable[tuple[int, int]], cfg: PathCon
         raise ValueError("cost='mmp' needs user_vectors and item_vectors (or use cost='degree')")
     out = PathSet(n_users=graph.n_users, n_items=graph.n_items, config=cfg.to_dict())
     todo = list(dict.fromkeys((int(u), int(i)) for u, i in pairs))
-    from explainrec.train.loop_utils import progress as bar
+    from explainrec.training.loop_utils import progress as bar
 
     start = time.perf_counter()
     for u, i in bar(todo, enabled=progress, desc="paths", total=len(todo)):

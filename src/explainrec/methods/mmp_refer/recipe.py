@@ -24,7 +24,7 @@ TEXTS_FILE = "node_texts.json"
 def build_model(cfg: MMPReferConfig, llm, graph_token_id: int, vectors):
     """LLM (+ LoRA) + the graph soft prompt over the stage's vectors."""
     from explainrec.methods.mmp_refer.modeling import MMPReferModel
-    from explainrec.train.settings import apply_lora
+    from explainrec.training.settings import apply_lora
 
     model = MMPReferModel.from_vectors(llm, vectors, graph_token_id=graph_token_id, k=cfg.k, cfg=cfg.graph,
                                        freeze_llm=True)
@@ -47,7 +47,7 @@ def train(dataset: Dataset, out: Path, cfg: MMPReferConfig, graph_stage: Path, *
     from explainrec.methods.mmp_refer.graph_method import load_graph_stage
     from explainrec.methods.mmp_refer.modeling import GRAPH_TOKEN
     from explainrec.methods.mmp_refer.prompting import NodeTexts, prompt_fn
-    from explainrec.train.loop_utils import seed_everything
+    from explainrec.training.loop_utils import seed_everything
 
     stage = load_graph_stage(graph_stage)
     texts = NodeTexts.from_dataset(dataset)
@@ -82,7 +82,7 @@ def save_mmp(model, tokenizer, stage, texts, path: Path, cfg: MMPReferConfig, da
     import torch
     from safetensors.torch import save_file
 
-    from explainrec.train.settings import merge_lora
+    from explainrec.training.settings import merge_lora
 
     model.llm = merge_lora(model.llm)
     llm_saved = cfg.lora.r > 0

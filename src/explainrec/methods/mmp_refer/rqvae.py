@@ -311,7 +311,7 @@ def train_rqvae(content: ItemContent, cfg: RQVAEConfig | None = None, *, progres
     row, outs = evaluate()
     history = [{"epoch": 0, **row}]
     restarts = {v: [0] * cfg.levels for v in views}
-    from explainrec.train.loop_utils import progress as bar
+    from explainrec.training.loop_utils import progress as bar
 
     for epoch in bar(range(cfg.epochs), enabled=progress, desc="rq-vae", total=cfg.epochs):
         counts = {v: np.zeros((cfg.levels, n_codes), dtype=np.int64) for v in views}

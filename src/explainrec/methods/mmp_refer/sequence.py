@@ -263,7 +263,7 @@ def train_vectors(dataset: Dataset, content: ItemContent, rq: RQVAEResult | None
     rng = np.random.default_rng(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history = []
-    from explainrec.train.loop_utils import progress as bar
+    from explainrec.training.loop_utils import progress as bar
 
     # dropout draws from the global RNG: a private, seeded copy of it makes the vectors depend on the seed alone
     with torch.random.fork_rng(devices=[]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from explainrec.config import Config, option, seed_option
-from explainrec.train.settings import LLMTrainConfig, LoraConfig
+from explainrec.training.settings import LLMTrainConfig, LoraConfig
 
 VARIANTS = ("behaviour", "intention", "hybrid")
 KINDS = ("auto", "sasrec", "mf", "lightgcn")

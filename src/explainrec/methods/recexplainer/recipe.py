@@ -16,7 +16,7 @@ from explainrec.methods import llm_method
 from explainrec.methods.model_folder import ModelFolderError
 from explainrec.methods.recexplainer.config import RecExplainerConfig
 from explainrec.methods.recexplainer.modeling import RecExplainerModel
-from explainrec.train.loop_utils import seed_everything
+from explainrec.training.loop_utils import seed_everything
 
 ALIGNMENT = "alignment"
 NAMES_FILE = "item_names.json"
@@ -58,7 +58,7 @@ def build_model(cfg: RecExplainerConfig, llm, ids: dict, rec) -> RecExplainerMod
     """The LLM (+ LoRA) with the two projectors over the recommender's vectors; ``cfg.tuning`` decides what trains."""
     from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
     from explainrec.methods.recexplainer.modeling import configure_trainable
-    from explainrec.train.settings import apply_lora
+    from explainrec.training.settings import apply_lora
 
     model = RecExplainerModel.from_recommender(llm, rec, user_token_id=ids[USER_TOKEN], item_token_id=ids[ITEM_TOKEN])
     if cfg.tuning == "lora":
@@ -106,7 +106,7 @@ def save_recexplainer(model: RecExplainerModel, tokenizer, rec, names: list[str]
     """The merged LLM + projectors + the recommender's tensors + item names: an explainer needs nothing else."""
     from safetensors.torch import save_file
 
-    from explainrec.train.settings import merge_lora
+    from explainrec.training.settings import merge_lora
 
     model.llm = merge_lora(model.llm)
     arch = {"llm_config": model.llm.config.to_dict(), "user_token_id": model.user_token_id,

@@ -15,13 +15,13 @@ from explainrec.methods.model_folder import ModelFolderError
 from explainrec.methods.xrec.config import XRecConfig
 from explainrec.methods.xrec.modeling import XRecModel
 from explainrec.methods.xrec.prompting import xrec_prompt
-from explainrec.train.loop_utils import seed_everything
+from explainrec.training.loop_utils import seed_everything
 
 
 def build_model(cfg: XRecConfig, llm, ids: dict[str, int], gcn) -> XRecModel:
     """Frozen LLM (+ LoRA adapters when ``cfg.lora.r > 0``) + two adaptors over the LightGCN tables."""
     from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
-    from explainrec.train.settings import apply_lora
+    from explainrec.training.settings import apply_lora
 
     llm = apply_lora(llm, cfg.lora)
     model = XRecModel.from_lightgcn(llm, gcn, user_token_id=ids[USER_TOKEN], item_token_id=ids[ITEM_TOKEN],
@@ -60,7 +60,7 @@ def train(dataset: Dataset, out: Path, cfg: XRecConfig, lightgcn: Path, *, resum
 
 def save_xrec(model: XRecModel, tokenizer, path: Path, cfg: XRecConfig, dataset: Dataset, method: str) -> Path:
     """Adaptors + LightGCN tables (+ the merged LLM only when LoRA trained it) + tokenizer + id maps."""
-    from explainrec.train.settings import merge_lora
+    from explainrec.training.settings import merge_lora
 
     model.llm = merge_lora(model.llm)
     llm_saved = cfg.lora.r > 0

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from explainrec.data.schema import DataError, Dataset
 from explainrec.methods.recexplainer.recommenders.base import DEFAULT_HISTORY_LEN, Recommender, train_histories
-from explainrec.train.loop_utils import progress as progress_bar
+from explainrec.training.loop_utils import progress as progress_bar
 
 
 class _SASRecBlock(nn.Module):
