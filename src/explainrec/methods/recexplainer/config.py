@@ -10,6 +10,10 @@ from explainrec.training.settings import LLMTrainConfig, LoraConfig
 VARIANTS = ("behaviour", "intention", "hybrid")
 KINDS = ("auto", "sasrec", "mf", "lightgcn")
 TUNING = ("lora", "full", "projectors")
+WARMUP_TASKS = ("interest", "item_title", "item_profile", "item_similar")
+# alignment_data.TASK_NUMBER's trainable tasks, spelled out here so that config stays free of torch imports
+TASKS = ("next_item", "ranking", "interest", "item_title", "item_profile", "profile_item", "item_similar", "history",
+         "summary", "replay")
 
 
 @dataclass
@@ -58,11 +62,46 @@ class AlignmentSettings(Config):
     max_title_chars: int = option(60, "item names in prompts are cut at this many characters", min=8)
     named_items_only: bool = option(True, "ask only about items the data gives a title (the recommender's answers "
                                     "restricted to them); histories stay complete")
+    task_weights: dict[str, float] = option(dict, "the train mixture: a task's rows are repeated (2 = twice, 1.5 = "
+                                            "all once plus a seeded half again) or thinned (0.5 = a seeded half, 0 = "
+                                            "none); tasks not named keep weight 1, e.g. {interest: 2, summary: 0.5}")
+
+    def check(self) -> None:
+        from explainrec.config import ConfigError
+
+        for task, weight in self.task_weights.items():
+            if task not in TASKS:
+                raise ConfigError(f"task_weights: unknown task {task!r}; tasks: {', '.join(TASKS)}")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight <= 100:
+                raise ConfigError(f"task_weights.{task}: expected a number in 0 .. 100, got {weight!r}")
+
+
+@dataclass
+class WarmupSettings(Config):
+    """A projector-only stage before the joint one, the LLM frozen (as vision-language models align a new
+    modality): the projectors first learn to map the recommender's vectors where the frozen LLM can read them."""
+
+    steps: int = option(0, "optimizer steps of the projector warm-up (0 = off: the joint stage starts from random "
+                        "projectors, as the paper does)", min=0)
+    lr: float = option(1e-3, "its learning rate (higher than the joint stage's: only the small projectors train, "
+                       "as in LLaVA's 1e-3 feature-alignment stage)", above=0.0, max=1.0)
+    tasks: tuple[str, ...] = option(lambda: ("item_title", "interest"),
+                                    "the rows it trains on: Task 4 (item_title, item_profile, item_similar) and / or "
+                                    "Task 3 (interest); rows with no <user>/<item> vector are left out",
+                                    choices=WARMUP_TASKS)
+
+    def check(self) -> None:
+        from explainrec.config import ConfigError
+
+        if self.steps and not self.tasks:
+            raise ConfigError("tasks: the warm-up needs at least one task (or steps=0)")
 
 
 @dataclass
 class RecExplainerConfig(LLMTrainConfig):
     """An LLM aligned to the recommender of the ``recommender`` stage; the variant decides what it reads."""
+
+    RESUMABLE = (*LLMTrainConfig.RESUMABLE, "curve_alignment_rows")
 
     variant: str = option("hybrid", "behaviour (titles only), intention (<user>/<item> vectors only), hybrid (both)",
                           choices=VARIANTS)
@@ -75,8 +114,13 @@ class RecExplainerConfig(LLMTrainConfig):
     max_valid_pairs: int | None = option(64, "validate on the first N held-out alignment rows", min=1)
     lora: LoraConfig = option(lambda: LoraConfig(r=16, alpha=32.0, dropout=0.05),
                               "LoRA on q/k/v/o (the release: r 16, alpha 32, dropout 0.05)")
+    curve_alignment_rows: int = option(0, "held-out rows per task scored at every validation into RUN/curve/"
+                                       "alignment-stepNNNNNN.json: Task 3 accuracy, Task 1 HR@5 (5 beams), "
+                                       "alignment NLL (0 = none; 32 costs about a minute on a CPU with the 135M)",
+                                       min=0)
     recommender: RecommenderSettings = option(RecommenderSettings, "the recommender being explained")
     alignment: AlignmentSettings = option(AlignmentSettings, "the alignment data")
+    warmup: WarmupSettings = option(WarmupSettings, "the projector warm-up before the joint stage")
 
     def recommender_config(self) -> RecommenderConfig:
         return RecommenderConfig.from_dict({**self.recommender.to_dict(), "seed": self.seed}, "recommender")
@@ -86,6 +130,9 @@ class RecExplainerConfig(LLMTrainConfig):
 
         if self.tuning == "lora" and self.lora.r == 0:
             raise ConfigError("tuning: 'lora' needs lora.r > 0 (or tuning=full / tuning=projectors)")
+        if self.warmup.steps and self.variant == "behaviour":
+            raise ConfigError("warmup.steps: the behaviour variant reads no vectors, so it has no projector to warm up "
+                              "(set warmup.steps=0, or variant=hybrid / intention)")
 
 
 @dataclass

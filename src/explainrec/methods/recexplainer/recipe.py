@@ -3,8 +3,14 @@
     explainrec train recexplainer --data ../shared/data/xrec/google --out runs/recx-h variant=hybrid
 
 Run folder: ``recommender/`` (the stage), ``alignment/`` (``{variant}.train.jsonl`` / ``.test.jsonl`` +
-``manifest.json``: every row the LLM trains and is tested on, inspectable), ``checkpoint/``, ``model/`` (merged LLM,
-projectors, the recommender's tensors and item names: all an explainer needs), ``train_log.jsonl``.
+``manifest.json``: every row the LLM trains and is tested on, inspectable), ``warmup/`` (the projector warm-up's
+``checkpoint/`` and ``train_log.jsonl``, when ``warmup.steps`` > 0), ``checkpoint/``, ``model/`` (merged LLM,
+projectors, the recommender's tensors and item names: all an explainer needs), ``train_log.jsonl``, ``curve/``
+(``alignment-stepNNNNNN.json`` with ``curve_alignment_rows``).
+
+Both stages run in the shared loop (:func:`explainrec.methods.llm_method.fit`), each with its own checkpoint folder,
+so each resumes as any training does: an interrupted warm-up continues where it stopped, a finished one is read
+back from its checkpoint, and once the joint stage has a checkpoint the warm-up is not looked at again.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from explainrec.methods.recexplainer.modeling import RecExplainerModel
 from explainrec.training.loop_utils import seed_everything
 
 ALIGNMENT = "alignment"
+WARMUP = "warmup"
 NAMES_FILE = "item_names.json"
 REC_WEIGHTS = "recommender.safetensors"
 
@@ -54,6 +61,34 @@ def alignment_rows(dataset: Dataset, rec, cfg: RecExplainerConfig, out: Path, *,
     return read_rows(train_file), read_rows(test_file)
 
 
+def weigh_tasks(rows: list[dict], weights: dict[str, float], seed: int) -> list[dict]:
+    """The train mixture of ``AlignmentSettings.task_weights``: each task's rows ``floor(w)`` times plus a seeded
+    share ``w - floor(w)`` of them once more (in file order: the loop shuffles). Why repeat rather than weigh the
+    loss: the loop, its batches and its resume stay those of every method, and the file says what was trained on."""
+    import numpy as np
+
+    if not weights:
+        return rows
+    out = []
+    for k, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
+        mine = [r for r in rows if r["task"] == task]
+        w = float(weights.get(task, 1.0))
+        whole = int(w)
+        extra = np.random.default_rng([seed, k]).permutation(len(mine))[: round((w - whole) * len(mine))]
+        out += mine * whole + [mine[i] for i in sorted(extra)]
+    return out
+
+
+def warmup_config(cfg: RecExplainerConfig, n_rows: int) -> RecExplainerConfig:
+    """The loop settings of the warm-up: its steps and learning rate, epochs enough to reach them, no time budget
+    (it is short; the run's ``max_minutes`` is the joint stage's), no text curve."""
+    import math
+
+    per_epoch = max(1, math.ceil(n_rows / (cfg.batch_size * cfg.grad_accum)))
+    return cfg.replace(lr=cfg.warmup.lr, max_steps=cfg.warmup.steps, epochs=math.ceil(cfg.warmup.steps / per_epoch),
+                       max_minutes=None, curve_pairs=0)
+
+
 def build_model(cfg: RecExplainerConfig, llm, ids: dict, rec) -> RecExplainerModel:
     """The LLM (+ LoRA) with the two projectors over the recommender's vectors; ``cfg.tuning`` decides what trains."""
     from explainrec.data.prompts import ITEM_TOKEN, USER_TOKEN
@@ -70,9 +105,11 @@ def build_model(cfg: RecExplainerConfig, llm, ids: dict, rec) -> RecExplainerMod
 def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Path, *, resume: bool = False,
           progress: bool = True, echo=print, method: str = "recexplainer"):
     """Align an LLM to the recommender in ``recommender`` on ``dataset``; save ``out/model``."""
+    from explainrec.methods.recexplainer.alignment_curve import alignment_curve, chain
     from explainrec.methods.recexplainer.alignment_data import item_names
     from explainrec.methods.recexplainer.explainer import recexplainer_explainer
-    from explainrec.methods.recexplainer.modeling import encode_rows, make_collate
+    from explainrec.methods.recexplainer.modeling import configure_trainable, encode_rows, make_collate
+    from explainrec.training.checkpoint import checkpoint_exists
     from explainrec.methods.recexplainer.recommender_method import load_recommender
 
     rec, _, _, _ = load_recommender(recommender)
@@ -84,21 +121,61 @@ def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Pat
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     echo(f"[recexplainer] variant={cfg.variant} tuning={cfg.tuning}: {trainable / 1e6:.2f}M trainable parameters")
     enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_target_tokens=cfg.max_target_tokens)
-    rows = {"train": encode_rows(tokenizer, train_rows, **enc), "valid": encode_rows(tokenizer, test_rows, **enc)}
+    mixed = weigh_tasks(train_rows, cfg.alignment.task_weights, cfg.seed)
+    rows = {"train": encode_rows(tokenizer, mixed, **enc), "valid": encode_rows(tokenizer, test_rows, **enc)}
     names = item_names(dataset, max_title_chars=cfg.alignment.max_title_chars)
+    collate = make_collate(tokenizer.pad_token_id)
 
     def explainer_for(m: RecExplainerModel):
         return recexplainer_explainer(m, tokenizer, rec, names, dataset.users, dataset.items, variant=cfg.variant,
                                       method=method, info=llm_method.memory_info(method, out, cfg, dataset))
 
+    def alignment_points(stage: str):
+        return alignment_curve(test_rows, rows["valid"], tokenizer, names, out, rows_per_task=cfg.curve_alignment_rows,
+                               collate=collate, batch_size=cfg.batch_size, stage=stage, echo=echo)
+
+    warm = None
+    if cfg.warmup.steps and not (resume and checkpoint_exists(out / "checkpoint")):
+        warm = warm_up(model, rows, mixed, test_rows, tokenizer, cfg, out, resume=resume, progress=progress,
+                       echo=echo, collate=collate, curve=alignment_points(WARMUP))
+        configure_trainable(model, cfg.tuning)
+        seed_everything(cfg.seed)  # the joint stage's random streams as without a warm-up, however it got here
     raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
-                                     tag="recexplainer", collate=make_collate(tokenizer.pad_token_id),
-                                     curve=llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo))
-    result = llm_method.summary(state, cfg, trainable=trainable, alignment_rows={"train": len(train_rows),
-                                                                                 "test": len(test_rows)})
+                                     tag="recexplainer", collate=collate,
+                                     curve=chain(llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo),
+                                                 alignment_points(ALIGNMENT)))
+    result = llm_method.summary(state, cfg, trainable=trainable, alignment_rows={"train": len(mixed),
+                                                                                 "test": len(test_rows)},
+                                **({"warmup": warm} if warm is not None else {}))
     return llm_method.finish(
         acc, result, lambda: save_recexplainer(raw, tokenizer, rec, names, out / "model", cfg, dataset, method),
         lambda: explainer_for(raw))
+
+
+def warm_up(model: RecExplainerModel, rows: dict, train_rows: list[dict], test_rows: list[dict], tokenizer,
+            cfg: RecExplainerConfig, out: Path, *, resume: bool, progress: bool, echo, collate, curve) -> dict:
+    """Train the projectors alone (the LLM and its adapters frozen) on the warm-up's tasks, in the shared loop with
+    its checkpoint in ``out/warmup``; the model keeps the warmed projectors. Returns the stage's figures."""
+    from explainrec.methods.recexplainer.modeling import configure_trainable
+
+    tasks = set(cfg.warmup.tasks)
+    train = [e for e, r in zip(rows["train"], train_rows) if r["task"] in tasks and r.get("soft_ids")]
+    valid = [e for e, r in zip(rows["valid"], test_rows) if r["task"] in tasks and r.get("soft_ids")]
+    if not train:
+        from explainrec.config import ConfigError
+
+        raise ConfigError(f"warmup.tasks: the {cfg.variant} alignment data has no {sorted(tasks)} rows with a "
+                          "recommender vector to warm the projectors on")
+    configure_trainable(model, "projectors")
+    wcfg = warmup_config(cfg, len(train))
+    echo(f"[recexplainer] projector warm-up: {wcfg.max_steps} steps at lr {wcfg.lr:g} on {len(train)} rows "
+         f"({', '.join(sorted(tasks))}), the LLM frozen -> {out / WARMUP}")
+    (out / WARMUP).mkdir(parents=True, exist_ok=True)
+    _, state, _ = llm_method.fit(model, {"train": train, "valid": valid}, tokenizer, wcfg, out / WARMUP,
+                                 resume=resume, progress=progress, echo=echo, tag="recexplainer-warmup",
+                                 collate=collate, curve=curve)
+    return {"steps": state["step"], "seconds": round(state["seconds"], 1), "rows": len(train),
+            "last_valid": state["valid"][-1] if state["valid"] else None}
 
 
 def save_recexplainer(model: RecExplainerModel, tokenizer, rec, names: list[str], path: Path,
