@@ -703,6 +703,18 @@ def bench(
 # ---------------------------------------------------------------------------------------------------- serve
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A busy port is said before the model loads, not after."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as err:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+
+
 @app.command()
 @boundary(signals=False)  # uvicorn handles SIGINT/SIGTERM itself (a graceful shutdown)
 def serve(
@@ -767,7 +779,6 @@ def serve(
     """Serve explanations over HTTP: a JSON API (/docs), streaming, dynamic batching, a web page at /, /metrics
     (Prometheus), /healthz and /readyz; SIGTERM drains (docs/serving.md)."""
     import os
-    import socket
 
     from explainrec.methods import registry
     from explainrec.methods.model_folder import load_run
@@ -809,12 +820,7 @@ def serve(
                              max_feature_chars=max_feature_chars, grace_s=grace_seconds, ungrounded=ungrounded,
                              cors_origins=tuple(cors_origin), api_key=api_key)
     settings.check()
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a busy port: say so now
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as err:
-            raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    check_port_free(host, port)
     if not server.is_loopback(host) and api_key is None:
         typer.secho(f"warning: --host {host} exposes the server beyond this machine without a key; "
                     "consider --api-key-env NAME", fg="yellow", err=True)
@@ -897,8 +903,6 @@ def rate(
     score it. `explainrec rate report STUDY` summarises the ratings."""
     if ctx.invoked_subcommand is not None:
         return
-    import socket
-
     from explainrec.rate import create_study, load_study
 
     if study is None:
@@ -937,12 +941,7 @@ def rate(
     if not is_loopback(host) and token_map is None:
         raise UsageError(f"--host {host} lets other machines reach the page; give raters tokens (--tokens FILE of "
                          "'NAME TOKEN' lines) so nobody can rate under another's name")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a busy port: say so now
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as err:
-            raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    check_port_free(host, port)
     page = create_app(the_study, tokens=token_map)
     for problem in page.state.desk.problems:
         typer.secho(f"warning: {problem}", fg="yellow", err=True)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from live_server import serving
 
 SYNTHETIC = "synthetic:users=30,items=25,types=2"
 CONSTANT = "A great item that everyone will enjoy."
@@ -31,14 +30,6 @@ def write_predictions(folder: Path, data, n: int = 12, methods=METHODS) -> dict[
     return out
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def call(base: str, path: str, body=None, rater: str | None = None) -> tuple[int, dict]:
     """``(status, json)`` of a GET (no body) or POST to a real server."""
     headers = {"Content-Type": "application/json", **({"X-Rater": rater} if rater else {})}
@@ -54,33 +45,6 @@ def call(base: str, path: str, body=None, rater: str | None = None) -> tuple[int
 @contextmanager
 def rating_server(study_folder: Path, *args: str, timeout: float = 60.0):
     """``explainrec rate --study FOLDER ARGS --port P`` in a subprocess; yields ``(base_url, process)`` once
-    /healthz answers, and stops it (SIGTERM, then SIGKILL) afterwards unless the test already ended it."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "explainrec.cli", "rate", "--study", str(study_folder), *args,
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the rating server did not answer /healthz in time")
-            time.sleep(0.2)
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    /healthz answers."""
+    with serving(["rate", "--study", str(study_folder), *args], ready="/healthz", timeout=timeout) as served:
+        yield served

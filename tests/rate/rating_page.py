@@ -15,24 +15,14 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
+from live_server import CHROMIUM, CHROMIUM_ARGS, browser_missing  # noqa: E402,F401 -- browser_missing for the tests
+
 DIMS = ("P", "Q", "U")
-
-
-def browser_missing() -> str | None:
-    """Why the browser test cannot run here (None: it can)."""
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM} (Debian: apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[dev]')"
-    return None
 
 
 def rate_with_keyboard(base: str, screenshot: Path, *, name: str, ratings: list[list[tuple[str, str, str]]],

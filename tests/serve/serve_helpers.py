@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager, contextmanager
 import httpx
 from fastapi.testclient import TestClient
 
+from live_server import free_port, serving  # noqa: F401 -- free_port for the tests
+
 from explainrec.serve.app import create_app
 from explainrec.serve.schemas import ServeSettings
 from explainrec.serve.service import Service
@@ -88,54 +90,9 @@ async def wait_until(condition, timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------------------------------------------- a real server
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(*args: str, timeout: float = 120.0, log=None):
     """``explainrec serve ARGS --port P`` in a subprocess (uvicorn on loopback); yields ``(base_url, process)``
-    once /readyz answers 200 (the model is loaded), and stops it (SIGTERM, then SIGKILL) afterwards. Its output
-    goes to ``process.stdout`` (a pipe), or to the file ``log`` (for servers that log a lot)."""
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 -- closed below
-    process = subprocess.Popen([sys.executable, "-m", "explainrec.cli", "serve", *args, "--port", str(port)],
-                               stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                said = process.stdout.read() if log is None else open(log).read()
-                raise AssertionError(f"the server exited with {process.returncode}:\n{said}")
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:  # not listening yet, or 503 while loading
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the server was not ready (/readyz) in time")
-            time.sleep(0.2)
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if log is not None:
-            out.close()
+    once /readyz answers 200 (the model is loaded)."""
+    with serving(["serve", *args], ready="/readyz", timeout=timeout, log=log) as served:
+        yield served

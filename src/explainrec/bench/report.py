@@ -36,6 +36,8 @@ from explainrec.metrics.seed_tables import (
     metric_values,
     missing_note,
     pyplot,
+    save_figure,
+    save_figure,
     read_json,
     seed_stats,
 )
@@ -161,12 +163,7 @@ def bar_chart(groups: list[tuple[str, list[RunResult]]], path: Path, title: str,
         ax.grid(axis="y", alpha=0.3)
     if buckets:
         axes[0][0].legend(fontsize=8, loc="best")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def section_main(cfg, results, runs, out) -> list[str]:
@@ -299,12 +296,7 @@ def section_curves(cfg, results, runs, out) -> list[str]:
             ax.set_title(label, fontsize=9)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{ds}: learning curves", fontsize=10)
-        fig.tight_layout()
-        path = out / "figures" / f"curves-{ds}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        plt.close(fig)
+        path = save_figure(fig, out / "figures" / f"curves-{ds}.png", f"{ds}: learning curves", fontsize=10)
         lines += [f"### {ds}", ""]
         for metric, label, curves in panels:
             columns = sorted({p for _, _, points in curves for p, _, _ in points})

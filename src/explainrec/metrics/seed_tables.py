@@ -113,3 +113,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, title: str, *, fontsize: int = 11) -> Path:
+    """Title, lay out and write ``fig`` to ``path`` (PNG, written atomically), then free it."""
+    import io as _io
+
+    from explainrec.io import atomic_write_bytes
+
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

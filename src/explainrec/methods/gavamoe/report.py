@@ -23,6 +23,7 @@ from explainrec.metrics.seed_tables import (
     metric_values,
     missing_note,
     pyplot,
+    save_figure,
     seed_stats,
 )
 
@@ -64,12 +65,7 @@ def gates_chart(rows: list[tuple[int, list]], path: Path, title: str) -> Path | 
         ax.set_xlabel("clusters K")
         ax.set_title("stage-1 test AUC" if m == "test_auc" else METRICS[m][0], fontsize=10)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def section_gates(cfg, results, runs, out) -> list[str]:
