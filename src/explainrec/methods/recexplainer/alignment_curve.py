@@ -37,6 +37,28 @@ def curve_sample(test_rows: Sequence[dict], n: int) -> list[dict]:
     return out
 
 
+def decision_figures(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8) -> dict:
+    """Task 3 on the sample's interest rows: accuracy and Yes rate (:func:`alignment_eval.interest_accuracy`'s
+    reading of the Yes/No next-token logits) and the decision loss, -log p(the recommender's answer | Yes or No):
+    the part of the Task 3 loss a projector can move (the rest is the answer's form, which LoRA learns)."""
+    from explainrec.methods.recexplainer.alignment_data import YES
+    from explainrec.methods.recexplainer.alignment_eval import (next_token_logits, prompts_of, yes_no_from_logits,
+                                                                yes_no_token_ids)
+
+    rows = [r for r in rows if r["task"] == "interest"]
+    if not rows:
+        return {"accuracy": float("nan"), "yes_rate": float("nan"), "decision_nll": float("nan"), "n": 0}
+    yes_id, no_id = yes_no_token_ids(tokenizer)
+    logits = next_token_logits(model, tokenizer, prompts_of(tokenizer, rows), [r["soft_ids"] for r in rows],
+                               batch_size=batch_size)
+    pred = yes_no_from_logits(logits, yes_id, no_id)
+    truth = torch.tensor([r["target"] == YES for r in rows])
+    pair = torch.log_softmax(logits[:, [yes_id, no_id]], -1)  # (N, 2)
+    nll = -torch.where(truth, pair[:, 0], pair[:, 1])
+    return {"accuracy": float((pred == truth).float().mean()), "yes_rate": float(pred.float().mean()),
+            "decision_nll": float(nll.mean()), "n": len(rows)}
+
+
 @torch.no_grad()
 def nll_by_task(model, rows: Sequence[dict], collate: Callable, batch_size: int) -> dict[str, float]:
     """Mean answer NLL per task (each batch one task, its token-mean loss weighted by its rows) and ``all``."""
@@ -75,7 +97,7 @@ def alignment_curve(test_rows: Sequence[dict], encoded: Sequence[dict] | None, t
     random streams and the model's mode as it found them, as the loop asks.
     """
     from explainrec.io import atomic_write_json
-    from explainrec.methods.recexplainer.alignment_eval import interest_accuracy, next_item_metrics
+    from explainrec.methods.recexplainer.alignment_eval import next_item_metrics
 
     if not rows_per_task:
         return None
@@ -98,7 +120,7 @@ def alignment_curve(test_rows: Sequence[dict], encoded: Sequence[dict] | None, t
         was = model.training
         model.eval()
         with torch.random.fork_rng(devices=[]):
-            interest = interest_accuracy(model, tokenizer, sample, batch_size=batch_size)
+            interest = decision_figures(model, tokenizer, sample, batch_size=batch_size)
             first = [r for r in sample if r["task"] == "next_item"]
             next_item = next_item_metrics(model, tokenizer, first, names) if first else {"hr@5": float("nan"), "n": 0}
             nll = nll_by_task(model, encoded, collate, batch_size)
