@@ -109,8 +109,8 @@ def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Pat
     from explainrec.methods.recexplainer.alignment_data import item_names
     from explainrec.methods.recexplainer.explainer import recexplainer_explainer
     from explainrec.methods.recexplainer.modeling import configure_trainable, encode_rows, make_collate
-    from explainrec.training.checkpoint import checkpoint_exists
     from explainrec.methods.recexplainer.recommender_method import load_recommender
+    from explainrec.training.checkpoint import checkpoint_exists
 
     rec, _, _, _ = load_recommender(recommender)
     seed_everything(cfg.seed)
@@ -139,7 +139,7 @@ def train(dataset: Dataset, out: Path, cfg: RecExplainerConfig, recommender: Pat
         warm = warm_up(model, rows, mixed, test_rows, tokenizer, cfg, out, resume=resume, progress=progress,
                        echo=echo, collate=collate, curve=alignment_points(WARMUP))
         configure_trainable(model, cfg.tuning)
-        seed_everything(cfg.seed)  # the joint stage's random streams as without a warm-up, however it got here
+        seed_everything(cfg.seed)  # the joint stage's random streams: the same whatever the warm-up's length
     raw, state, acc = llm_method.fit(model, rows, tokenizer, cfg, out, resume=resume, progress=progress, echo=echo,
                                      tag="recexplainer", collate=collate,
                                      curve=chain(llm_method.curve_texts(cfg, dataset, out, explainer_for, echo=echo),
