@@ -4,6 +4,7 @@ back up; method folders side by side (none imports a sibling, nothing outside me
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,34 @@ def test_no_import_cycles():
 def test_the_checks_see_function_level_imports(module):
     """The explainer imports its prompt inside a function: the graph must hold that edge, or the cycle test is blind."""
     assert "explainrec.methods.mmp_refer.prompting" in GRAPH[module]
+
+
+# the generic layers that look methods up and never name one (the demo and the method registry name them by design)
+GENERIC = ("explainrec.cli", "explainrec.api", "explainrec.methods.base", "explainrec.bench")
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """String literals that are not docstrings, with their line."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def test_no_generic_layer_names_a_trained_method():
+    """The CLI, the API, the base contract and the bench find methods through the registry: no string in
+    their code is a trained method's name (a comparison such as ``method == "gavamoe"`` would be one), nor names one
+    in its help. The untrained baseline may be named as the default of ``--method``."""
+    from explainrec.methods import registry
+
+    names = {n for n in registry.names() if registry.get(n).trains} - {"recommender"}  # also a plain English word
+    found = []
+    for module, path in MODULES.items():
+        if not module.startswith(GENERIC):
+            continue
+        for line, text in _string_constants(path):
+            words = set(re.findall(r"[a-z][a-z0-9-]*", text.lower()))
+            found += [f"{path.relative_to(SRC)}:{line}: {n!r}" for n in names if n in words]
+    assert not found, "\n".join(found)

@@ -441,7 +441,7 @@ def evaluate(
         "minilm",
         "--bertscore-model",
         help="Encoder for BERTScore: 'minilm' (embedded; not comparable to published numbers), "
-        "or an HF id such as roberta-large (what XRec reports, with --rescale).",
+        "or an HF id such as roberta-large (what published results use, with --rescale).",
     ),
     bertscore_layers: Optional[int] = typer.Option(None, "--bertscore-layers", min=1, help="Encoder layer to use (default: bert-score's choice or all for MiniLM)."),
     rescale: bool = typer.Option(False, "--rescale", help="Rescale BERTScore with bert-score's baseline (roberta-large etc.)."),
@@ -663,11 +663,12 @@ def demo(
     model: str = typer.Option("smollm2-135m", "--model", help="LLM: embedded default, HF id, local folder, or 'tiny'."),
     n: int = typer.Option(16, "--n", min=1, help="Test pairs to explain (the same pairs for both methods)."),
     batch_size: int = typer.Option(GenerationConfig.batch_size, "--batch-size", min=1, help="Generation batch size."),
-    steps: int = typer.Option(12, "--steps", min=1, help="GaVaMoE stage-2 training steps."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Training steps of the demo's trained method (its LLM stage)."),
     bertscore: bool = typer.Option(True, "--bertscore/--no-bertscore", help="Compute BERTScore (embedded MiniLM)."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo both runs even if --out holds finished ones."),
 ) -> None:
-    """Train a small GaVaMoE on the built-in data and compare it with zero-shot on the same test pairs."""
+    """Train the flagship method small on the built-in data and compare it with zero-shot on the same test pairs
+    (explainrec.demo says which)."""
     from explainrec.demo import run_demo
 
     check_run_folder(out, inputs=[Path(model)] if Path(model).exists() else [])
@@ -853,7 +854,7 @@ def serve(
 # ---------------------------------------------------------------------------------------------------- rate
 
 
-rate_app = typer.Typer(help="Human evaluation (GaVaMoE's Table 4): a blind rating page, an LLM judge on the same "
+rate_app = typer.Typer(help="Human evaluation (the flagship paper's Table 4): a blind rating page, an LLM judge on the same "
                        "rubric, and the report (docs/human-evaluation.md).", invoke_without_command=True)
 app.add_typer(rate_app, name="rate")
 
