@@ -136,7 +136,7 @@ def test_the_checks_see_function_level_imports(module):
 
 
 # the generic layers that look methods up and never name one (the demo and the method registry name them by design)
-GENERIC = ("explainrec.cli", "explainrec.api", "explainrec.methods.base", "explainrec.bench")
+GENERIC = ("explainrec.cli", "explainrec.api", "explainrec.methods.base", "explainrec.bench", "explainrec.serve")
 
 
 def _string_constants(path: Path) -> list[tuple[int, str]]:
@@ -150,7 +150,7 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_generic_layer_names_a_trained_method():
-    """The CLI, the API, the base contract and the bench find methods through the registry: no string in
+    """The CLI, the API, the base contract, the bench and the server find methods through the registry: no string in
     their code is a trained method's name (a comparison such as ``method == "gavamoe"`` would be one), nor names one
     in its help. The untrained baseline may be named as the default of ``--method``."""
     from explainrec.methods import registry
@@ -164,3 +164,15 @@ def test_no_generic_layer_names_a_trained_method():
             words = set(re.findall(r"[a-z][a-z0-9-]*", text.lower()))
             found += [f"{path.relative_to(SRC)}:{line}: {n!r}" for n in names if n in words]
     assert not found, "\n".join(found)
+
+
+def test_every_registry_entry_loads_without_torch():
+    """Listing the methods and their settings (``explainrec methods``, the server's API schema built from every
+    method's ``row_fields``) reads the entries, so an entry's module imports torch only inside what trains or loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from explainrec.methods import registry; registry.all_methods(); "
+            "import explainrec.serve.schemas; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -143,6 +143,8 @@ class Method:
     evaluations: ClassVar[tuple["Evaluation", ...]] = ()  # run on a trained run: explainrec evaluate --extra NAME
     report_sections: ClassVar[tuple["ReportSection", ...]] = ()  # bench report sections: experiments: {NAME: [...]}
     headline: ClassVar[tuple[str, ...]] = ()  # keys of its summary's metrics a one-line report shows (the bench's)
+    # what it adds to each explanation row, for the server's API schema: field -> (type, what it means)
+    row_fields: ClassVar[dict[str, tuple[Any, str]]] = {}
 
     # ------------------------------------------------------------------ config
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 
 SEED_LIMIT = 2**32  # torch.manual_seed takes 64 bits; 32 is plenty and portable
 DEFAULT_NEW_TOKENS = 60
@@ -221,22 +221,20 @@ class GenerationUsed(BaseModel):
     seed: int
 
 
-class MethodExtras(BaseModel):
-    """What the method reports about the pair; each method fills its own fields (a method added later may add
-    others, which pass through unchanged)."""
+def method_extras() -> type[BaseModel]:
+    """What the method reports about the pair: the fields every registered method declares
+    (``Method.row_fields``), each described with the method's name; others pass through unchanged."""
+    from explainrec.methods import registry
 
-    model_config = ConfigDict(extra="allow")
-    cluster: int | None = Field(None, description="GaVaMoE: the VAE-GMM cluster whose gate routed the pair")
-    top_experts: list[int] | None = Field(None, description="GaVaMoE: the experts used most for this pair")
-    decision: Literal["yes", "no"] | None = Field(None, description="RecExplainer: the LLM's recommend decision")
-    recommender_score: float | None = Field(None, description="RecExplainer: the recommender's score of the item")
-    recommender_top_fraction: float | None = Field(None, description="RecExplainer: share of candidates the "
-                                                                      "recommender ranks above the item")
-    recommender_decision: Literal["yes", "no", "undecided"] | None = Field(
-        None, description="RecExplainer: the recommender's verdict from that rank")
-    history: list[str] | None = Field(None, description="RecExplainer: the user's history items shown to the LLM")
-    paths: list[str] | None = Field(None, description="MMP-Refer: the retrieved user-item paths, as text")
-    path_nodes: list[list[str]] | None = Field(None, description="MMP-Refer: the same paths as node ids")
+    fields: dict[str, Any] = {}
+    for method in registry.all_methods():
+        for name, (kind, meaning) in method.row_fields.items():
+            if name not in fields:
+                fields[name] = (kind | None, Field(None, description=f"{method.name}: {meaning}"))
+    return create_model("MethodExtras", __config__=ConfigDict(extra="allow"), __doc__=method_extras.__doc__, **fields)
+
+
+MethodExtras = method_extras()
 
 
 FinishReason = Literal["stop", "length"]

@@ -1,18 +1,3 @@
-"""Training helpers shared by every recipe: atomic checkpoints and small loop utilities."""
-from explainrec.training.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_extra_tensors,
-    save_checkpoint,
-)
-from explainrec.training.loop_utils import progress, resolve_device, seed_everything
-
-__all__ = [
-    "CheckpointError",
-    "load_checkpoint",
-    "load_extra_tensors",
-    "progress",
-    "resolve_device",
-    "save_checkpoint",
-    "seed_everything",
-]
+"""Training shared by every recipe: the loop (``loop``), its settings (``settings``), atomic checkpoints
+(``checkpoint``) and small utilities (``loop_utils``). Nothing is imported here, so reading a method's settings
+does not load torch."""

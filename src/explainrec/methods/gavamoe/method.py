@@ -29,6 +29,8 @@ class GaVaMoE(Method):
                       "metrics (runs of gavamoe or vae-gmm with different clusters)", _gates),
         ReportSection("latent", "Figure 5: each run's stage-1 latent plot, coloured by cluster", _latent),
     )
+    row_fields = {"cluster": (int, "the VAE-GMM cluster whose gate routed the pair"),
+                  "top_experts": (list[int], "the experts used most for this pair")}
 
     def stages(self, config: GaVaMoEConfig) -> list[StageUse]:
         return [StageUse("stage1", "vae-gmm", config.stage1_config())]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from explainrec.io import atomic_write_json
 from explainrec.methods.base import Method, Trained, TrainSummary
@@ -47,6 +46,7 @@ class MMPGraphStage(Method):
 
     def train(self, dataset, out: Path, config: MMPGraphConfig, *, stages, resume: bool, progress: bool,
               echo) -> Trained:
+        import torch
         from safetensors.torch import save_file
 
         from explainrec.methods.mmp_refer.content import item_content

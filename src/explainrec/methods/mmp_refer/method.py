@@ -13,6 +13,8 @@ class MMPRefer(Method):
     description = ("MMP-Refer: retrieval paths between the user and the item (multimodal codes, pruned graph) given "
                    "to the LLM as text and as a graph soft prompt (arXiv 2604.03666)")
     config_class = MMPReferConfig
+    row_fields = {"paths": (list[str], "the retrieved user-item paths, as text"),
+                  "path_nodes": (list[list[str]], "the same paths as node ids")}
 
     def stages(self, config: MMPReferConfig) -> list[StageUse]:
         return [StageUse("graph", "mmp-graph", config.stage_config())]

@@ -12,57 +12,6 @@ Pieces, in the order they run:
   NDCG@5, T3 Yes/No accuracy, T6 history coverage) and the random / popularity baselines.
 * :mod:`~explainrec.methods.recexplainer.explanation_checks` -- automatic stand-ins for the paper's GPT-4 judge:
   decision agreement, score probe, grounding, attribution, counterfactual.
-"""
-from explainrec.methods.recexplainer.alignment_data import (
-    VARIANTS,
-    RecommenderQueries,
-    build_alignment_rows,
-    item_names,
-    query_recommender,
-    replay_rows,
-    write_alignment_data,
-)
-from explainrec.methods.recexplainer.modeling import (
-    RecExplainerModel,
-    RecExplainerOutput,
-    apply_lora,
-    configure_trainable,
-    encode_rows,
-    make_collate,
-)
-from explainrec.methods.recexplainer.recommenders import (
-    KINDS,
-    LightGCNRecommender,
-    MFRecommender,
-    Recommender,
-    SASRecRecommender,
-    default_kind,
-    evaluate_recommender,
-    fit_recommender,
-    recommender_from_tensors,
-)
 
-__all__ = [
-    "KINDS",
-    "VARIANTS",
-    "LightGCNRecommender",
-    "MFRecommender",
-    "RecExplainerModel",
-    "RecExplainerOutput",
-    "Recommender",
-    "RecommenderQueries",
-    "SASRecRecommender",
-    "apply_lora",
-    "build_alignment_rows",
-    "configure_trainable",
-    "default_kind",
-    "encode_rows",
-    "evaluate_recommender",
-    "fit_recommender",
-    "item_names",
-    "make_collate",
-    "query_recommender",
-    "recommender_from_tensors",
-    "replay_rows",
-    "write_alignment_data",
-]
+Submodules are imported on use: the registry entry reads the settings without loading torch.
+"""

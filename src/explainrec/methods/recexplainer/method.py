@@ -3,6 +3,7 @@ aligned to it in the behaviour, intention or hybrid variant."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from explainrec.methods.base import Evaluation, Method, ReportSection, StageUse, Trained
 from explainrec.methods.recexplainer.config import AlignmentEvaluationOptions, RecExplainerConfig
@@ -32,6 +33,11 @@ class RecExplainer(Method):
                               AlignmentEvaluationOptions, _alignment),)
     report_sections = (ReportSection("alignment", "Table 1 and the explanation checks of each run's alignment.json",
                                      _alignment_section),)
+    row_fields = {"decision": (Literal["yes", "no"], "the LLM's recommend decision"),
+                  "recommender_score": (float, "the recommender's score of the item"),
+                  "recommender_top_fraction": (float, "share of candidates the recommender ranks above the item"),
+                  "recommender_decision": (Literal["yes", "no", "undecided"], "the recommender's verdict from that rank"),
+                  "history": (list[str], "the user's history items shown to the LLM")}
 
     def stages(self, config: RecExplainerConfig) -> list[StageUse]:
         return [StageUse("recommender", "recommender", config.recommender_config())]

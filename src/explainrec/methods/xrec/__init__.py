@@ -8,9 +8,6 @@ Pieces, in the order they run (the shared blocks it builds on live in :mod:`expl
 * :mod:`~explainrec.methods.xrec.injection` -- input splice + per-layer q/k/v injection via hooks.
 * :mod:`~explainrec.methods.xrec.modeling` -- :class:`XRecModel` (frozen LLM + two adaptors).
 * :mod:`~explainrec.methods.xrec.prompting` -- :func:`xrec_prompt`.
-"""
-from explainrec.methods.xrec.injection import XRecInjection
-from explainrec.methods.xrec.modeling import XRecModel, XRecOutput
-from explainrec.methods.xrec.prompting import xrec_prompt
 
-__all__ = ["XRecInjection", "XRecModel", "XRecOutput", "xrec_prompt"]
+Submodules are imported on use: the registry entry reads the settings without loading torch.
+"""
