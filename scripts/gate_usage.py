@@ -7,6 +7,10 @@ For every run it prints, per layer, the mean Jensen-Shannon divergence (bits) be
 distributions beside a noise floor: the same divergence between two random halves of each cluster's pairs. Gates
 that learned nothing cluster-specific sit at the floor. Writes ``gates.json`` and a heatmap (clusters x experts,
 first / middle / last layer and the mean over layers) per run.
+
+``--init`` adds the control: the same run's model as it was before its first step (rebuilt from its config, stage 1
+and seed, as training builds it), measured the same way. The K gates start as independent random draws, so the
+clusters already diverge at step 0; what training added is the trained figure against that one.
 """
 from __future__ import annotations
 
@@ -120,6 +124,27 @@ def heatmap(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def initial_explainer(run: Path, dataset):
+    """The run's GaVaMoE at step 0: its config, its stage 1 and its seed, built as the recipe builds it."""
+    import yaml
+
+    from explainrec.methods import llm_method
+    from explainrec.methods.gavamoe.config import GaVaMoEConfig
+    from explainrec.methods.gavamoe.explainer import gavamoe_explainer
+    from explainrec.methods.gavamoe.recipe import build_model
+    from explainrec.methods.gavamoe.stage1_method import load_vae_gmm
+    from explainrec.training.loop_utils import seed_everything
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = GaVaMoEConfig.from_dict(saved["config"])
+    vae, _, _ = load_vae_gmm(run / "stage1")
+    seed_everything(cfg.seed)
+    llm, tokenizer, ids = llm_method.load_llm_for_training(cfg.model)
+    model, _ = build_model(cfg, vae, llm, tokenizer, ids)
+    return gavamoe_explainer(model, tokenizer, dataset.users, dataset.items, method="gavamoe", info={},
+                             profiles=cfg.profiles)
+
+
 def main() -> None:
     from explainrec.data import load_dataset
     from explainrec.methods.model_folder import load_run
@@ -131,22 +156,24 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N pairs of the split")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None, help="folder for gates.json and the heatmaps")
+    ap.add_argument("--init", action="store_true", help="also measure each run's model before its first step")
     args = ap.parse_args()
     dataset = load_dataset(args.data)
     results = {}
-    for run in args.runs:
-        explainer = load_run(run)
+    jobs = [(run, False) for run in args.runs] + ([(run, True) for run in args.runs] if args.init else [])
+    for run, at_init in jobs:
+        explainer = initial_explainer(run, dataset) if at_init else load_run(run)
         counts, pairs = usage_counts(explainer, dataset, args.split, args.limit, args.batch_size)
         s = summarise(counts, pairs)
-        results[str(run)] = s
+        results[str(run) + (" (step 0)" if at_init else "")] = s
         b, w = torch.tensor(s["js_between_clusters"]), torch.tensor(s["js_within_cluster_halves"])
-        print(f"{run}: {sum(pairs.tolist())} {args.split} pairs, clusters used {s['clusters_used']} "
+        print(f"{run}{' at step 0' if at_init else ''}: {sum(pairs.tolist())} {args.split} pairs, clusters used {s['clusters_used']} "
               f"(pairs {[pairs.tolist()[k] for k in s['clusters_used']]})")
         print(f"  JS between clusters (bits), mean over layers {b.nanmean():.4f}, max {b.max():.4f} at layer "
               f"{int(b.argmax()) + 1}; noise floor (halves of a cluster) {w.nanmean():.4f}")
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            name = "-".join(run.parts[-3:])
+            name = "-".join(run.parts[-3:]) + ("-step0" if at_init else "")
             heatmap(s, args.out / f"gates-{name}.png", f"{name}: expert share per cluster gate ({args.split})")
     if args.out:
         (args.out / "gates.json").write_text(json.dumps(results, indent=1))
