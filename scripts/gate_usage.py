@@ -125,22 +125,16 @@ def heatmap(summary: dict, path: Path, title: str) -> None:
 
 
 def initial_explainer(run: Path, dataset):
-    """The run's GaVaMoE at step 0: its config, its stage 1 and its seed, built as the recipe builds it."""
+    """The run's GaVaMoE at step 0: its config, its stage 1 and its seed, through the recipe's own builder."""
     import yaml
 
-    from explainrec.methods import llm_method
     from explainrec.methods.gavamoe.config import GaVaMoEConfig
     from explainrec.methods.gavamoe.explainer import gavamoe_explainer
-    from explainrec.methods.gavamoe.recipe import build_model
-    from explainrec.methods.gavamoe.stage1_method import load_vae_gmm
-    from explainrec.training.loop_utils import seed_everything
+    from explainrec.methods.gavamoe.recipe import initial_model
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     cfg = GaVaMoEConfig.from_dict(saved["config"])
-    vae, _, _ = load_vae_gmm(run / "stage1")
-    seed_everything(cfg.seed)
-    llm, tokenizer, ids = llm_method.load_llm_for_training(cfg.model)
-    model, _ = build_model(cfg, vae, llm, tokenizer, ids)
+    model, tokenizer, _ = initial_model(cfg, run / "stage1")
     return gavamoe_explainer(model, tokenizer, dataset.users, dataset.items, method="gavamoe", info={},
                              profiles=cfg.profiles)
 

@@ -60,17 +60,25 @@ def build_model(cfg: GaVaMoEConfig, vae, llm, tokenizer, ids: dict[str, int]):
     return model, report
 
 
-def train(dataset: Dataset, out: Path, cfg: GaVaMoEConfig, stage1: Path, *, resume: bool = False,
-          progress: bool = True, echo=print, method: str = "gavamoe"):
-    """Train stage 2 on ``dataset``'s train split with the VAE-GMM in ``stage1``; save ``out/model``."""
-    from explainrec.methods.gavamoe.persist import save_gavamoe
+def initial_model(cfg: GaVaMoEConfig, stage1: Path):
+    """The model as training starts it (stage 1's VAE-GMM, the seed, the LLM and its surgery), before any step;
+    ``scripts/gate_usage.py --init`` measures it as the untrained control. Returns ``(model, tokenizer, report)``."""
     from explainrec.methods.gavamoe.stage1_method import load_vae_gmm
-    from explainrec.methods.gavamoe.vae_gmm import InteractionSampler
 
     vae, _, _ = load_vae_gmm(stage1)
     seed_everything(cfg.seed)  # the init must not depend on whether stage 1 ran in this process
     llm, tokenizer, ids = llm_method.load_llm_for_training(cfg.model)
     model, report = build_model(cfg, vae, llm, tokenizer, ids)
+    return model, tokenizer, report
+
+
+def train(dataset: Dataset, out: Path, cfg: GaVaMoEConfig, stage1: Path, *, resume: bool = False,
+          progress: bool = True, echo=print, method: str = "gavamoe"):
+    """Train stage 2 on ``dataset``'s train split with the VAE-GMM in ``stage1``; save ``out/model``."""
+    from explainrec.methods.gavamoe.persist import save_gavamoe
+    from explainrec.methods.gavamoe.vae_gmm import InteractionSampler
+
+    model, tokenizer, report = initial_model(cfg, stage1)
     groups = tuple("ffn" if g == "experts" and cfg.moe.variant == "base" else g for g in cfg.trainable)
     counts = select_trainable(model, groups + (("lora",) if cfg.lora.r > 0 else ()))
     total = sum(p.numel() for p in model.parameters())
