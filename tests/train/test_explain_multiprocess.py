@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from live_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 CHUNK = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _explain(pairs: Path, out: Path, *more: str) -> list[str]:
@@ -35,7 +30,7 @@ def _explain(pairs: Path, out: Path, *more: str) -> list[str]:
 
 def _launch(pairs: Path, out: Path, *more: str) -> list[str]:
     return [str(ACCELERATE), "launch", "--config_file", str(ROOT / "configs/accelerate/data-parallel.yaml"),
-            "--num_processes", "2", "--main_process_port", str(_free_port()), *_explain(pairs, out, *more)]
+            "--num_processes", "2", "--main_process_port", str(free_port()), *_explain(pairs, out, *more)]
 
 
 def _explained(stdout: str) -> list[int]:
